@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Make .venv and install worldpm into it, torch's CPU wheel first (a bare `torch` requirement would pull a multi-GB CUDA build).
+# Idempotent: installs again only when setup.py changed. WORLDPM_VENV picks another location.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=${WORLDPM_VENV:-.venv}
+[ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+stamp="$venv/.worldpm-installed-$(sha1sum setup.py | cut -c1-12)"
+if [ ! -f "$stamp" ]; then
+  echo "setup: installing torch (CPU wheel) and worldpm[all,dev] into $venv" >&2
+  quiet() { "$@" 2> >(grep -v '^WARNING: Location' >&2); }
+  quiet "$venv/bin/pip" install -q torch==2.13.0
+  quiet "$venv/bin/pip" install -q -e '.[all,dev]'
+  rm -f "$venv"/.worldpm-installed-*
+  touch "$stamp"
+fi

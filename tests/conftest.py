@@ -1,0 +1,53 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+import pytest  # noqa: E402
+
+TINY_ARCH = None
+
+
+def tiny_arch() -> dict:
+    """The `model=tiny` architecture, read from its config (one source of truth)."""
+    from omegaconf import OmegaConf
+
+    from worldpm.config import compose
+
+    global TINY_ARCH
+    if TINY_ARCH is None:
+        TINY_ARCH = OmegaConf.to_container(compose("score", ["input=x"]).model.arch, resolve=True)
+    return dict(TINY_ARCH)
+
+
+def make_tiny(head: str = "mlp", head_std: float = 0.2, seed: int = 0, **spec):
+    """A tiny random reward model whose head is scaled up so rewards differ by O(1) between texts (tolerances then bite)."""
+    import torch
+
+    from worldpm.reward_model import RewardModel, init_head
+    from worldpm.tokenizer import load_tokenizer
+
+    rm = RewardModel.from_config(tiny_arch(), load_tokenizer("tiny"), head=head, seed=seed, **spec)
+    torch.manual_seed(seed + 1)
+    init_head(rm.head, head_std)
+    return rm.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_rm():
+    return make_tiny()
+
+
+def conversations(n: int = 6):
+    """Mixed lengths, a multi-turn one, and one with its own system message."""
+    out = []
+    for i in range(n):
+        out.append([{"role": "user", "content": f"Question {i}: how do I sort a list in Python? " * (1 + 3 * i)},
+                    {"role": "assistant", "content": "Use `sorted(xs)` or `xs.sort()`. " * (1 + (5 * i) % 7)}])
+    out.append([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello! How can I help?"}])
+    out.append([{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "5"},
+                {"role": "user", "content": "Are you sure?"}, {"role": "assistant", "content": "Sorry: it is 4."}])
+    return out

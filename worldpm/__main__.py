@@ -1,0 +1,3 @@
+from worldpm.cli import main
+
+main()
