@@ -1,0 +1,138 @@
+"""The PairRecord contract: the rows of every pair shard, from data_prep to training and evaluation.
+
+| column | type | meaning |
+| id | str | stable hash of (source, thread, chosen id, rejected id); unique in a dataset |
+| source | str | stackexchange, reddit, helpsteer2, synthetic, ... |
+| domain | str | site (cooking.stackexchange.com), subreddit or subset |
+| thread_id | str | question / post id; splits never put one thread on both sides |
+| prompt | list<{role, content}> | the conversation before the reply (a forum question: one user turn, title + blank line + body) |
+| chosen, rejected | str | the two replies, markdown |
+| chosen_score, rejected_score | float | the evidence (net votes, ratings) |
+| meta | str (JSON) | provenance: answer ids, urls, authors and licence for attribution, dates |
+
+A dataset directory holds `train/*.parquet`, `test/*.parquet`, `stats.json` and `manifest.json` (written last: it marks the
+output complete). Pure pyarrow: no torch, no worldpm.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+PAIR_SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("source", pa.string()),
+    ("domain", pa.string()),
+    ("thread_id", pa.string()),
+    ("prompt", pa.list_(MESSAGE)),
+    ("chosen", pa.string()),
+    ("rejected", pa.string()),
+    ("chosen_score", pa.float64()),
+    ("rejected_score", pa.float64()),
+    ("meta", pa.string()),
+])
+COLUMNS = tuple(PAIR_SCHEMA.names)
+SPLITS = ("train", "test")
+
+
+def pair_id(source: str, thread_id: str, chosen_id: str, rejected_id: str) -> str:
+    """Stable across runs and machines: a hash of what identifies the pair, not of its text."""
+    key = "\x1f".join((source, str(thread_id), str(chosen_id), str(rejected_id)))
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:24]
+
+
+def check_record(row: Mapping) -> None:
+    """Raise ValueError naming the first field that breaks the contract."""
+    missing = [c for c in COLUMNS if c not in row]
+    if missing:
+        raise ValueError(f"missing columns {missing}")
+    for col in ("id", "source", "domain", "thread_id", "chosen", "rejected", "meta"):
+        if not isinstance(row[col], str):
+            raise ValueError(f"column {col!r} must be a string, got {type(row[col]).__name__}")
+    if not row["prompt"] or not all(isinstance(m, Mapping) and set(m) == {"role", "content"} for m in row["prompt"]):
+        raise ValueError("column 'prompt' must be a non-empty list of {role, content}")
+    for col in ("chosen_score", "rejected_score"):
+        if not isinstance(row[col], (int, float)):
+            raise ValueError(f"column {col!r} must be a number")
+    json.loads(row["meta"])
+
+
+class ShardWriter:
+    """Parquet shards of bounded size, `part-00000.parquet`, ...; each appears under its final name only once complete."""
+
+    def __init__(self, directory: str | os.PathLike, max_rows_per_shard: int = 50_000, row_group_rows: int = 5_000):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.max_rows, self.row_group_rows = max_rows_per_shard, row_group_rows
+        self.shards: list[Path] = []
+        self.rows = 0
+        self._buffer: list[Mapping] = []
+        self._writer: pq.ParquetWriter | None = None
+        self._rows_in_shard = 0
+        self._tmp: Path | None = None
+
+    def write(self, row: Mapping) -> None:
+        self._buffer.append(row)
+        self.rows += 1
+        if len(self._buffer) >= self.row_group_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        while self._buffer:
+            if self._writer is None:
+                final = self.directory / f"part-{len(self.shards):05d}.parquet"
+                self._tmp = final.with_name(f".{final.name}.tmp")
+                self._writer = pq.ParquetWriter(self._tmp, PAIR_SCHEMA, compression="zstd")
+                self.shards.append(final)
+                self._rows_in_shard = 0
+            take = self._buffer[: self.max_rows - self._rows_in_shard]
+            self._buffer = self._buffer[len(take):]
+            self._writer.write_table(pa.Table.from_pylist(take, schema=PAIR_SCHEMA))
+            self._rows_in_shard += len(take)
+            if self._rows_in_shard >= self.max_rows:
+                self._close_shard()
+
+    def _close_shard(self) -> None:
+        self._writer.close()
+        os.replace(self._tmp, self.shards[-1])
+        self._writer, self._tmp = None, None
+
+    def close(self) -> list[Path]:
+        self._flush()
+        if self._writer is not None:
+            self._close_shard()
+        return self.shards
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        elif self._writer is not None:  # a failed run leaves no file that looks complete
+            self._writer.close()
+            self._tmp.unlink(missing_ok=True)
+            self.shards.pop()
+
+
+def write_pairs(rows: Iterable[Mapping], directory: str | os.PathLike, max_rows_per_shard: int = 50_000) -> list[Path]:
+    """Write PairRecords to `directory/part-*.parquet` (one split). For fixtures and small sets."""
+    with ShardWriter(directory, max_rows_per_shard) as writer:
+        for row in rows:
+            check_record(row)
+            writer.write(row)
+    return writer.shards
+
+
+def read_pairs(directory: str | os.PathLike) -> pa.Table:
+    """All shards of one split directory as one table (small sets; training streams through `datasets`)."""
+    files = sorted(Path(directory).glob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"no parquet shards in {directory}")
+    return pa.concat_tables(pq.read_table(f, schema=PAIR_SCHEMA) for f in files)
