@@ -37,13 +37,14 @@ def _count_rows(files: Sequence[Path]) -> int:
     return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
 
 
-def _write_json_atomic(path: Path, obj: dict) -> None:
+def write_json_atomic(path: Path, obj: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     tmp.replace(path)
 
 
-def _prepare(out: Path, overwrite: bool) -> None:
+def prepare_output_dir(out: Path, overwrite: bool) -> None:
+    """An empty dataset directory; an existing non-empty one only with overwrite (its manifest goes first)."""
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise NestedDataError(f"output directory {out} exists and is not empty (pass overwrite=true to replace it)")
@@ -86,7 +87,7 @@ def write_nested_subsets(dataset_dir: str | os.PathLike, sizes: Sequence[int], o
     written = []
     for n in sizes:
         out = subset_dir(root, n)
-        _prepare(out, overwrite)
+        prepare_output_dir(out, overwrite)
         with ShardWriter(out / "train", max_rows_per_shard) as writer:
             left = n
             for f in train_files:
@@ -106,7 +107,7 @@ def write_nested_subsets(dataset_dir: str | os.PathLike, sizes: Sequence[int], o
             tmp.replace(out / "test" / f.name)
         stats = {"parent": str(src), "input": {"train_pairs": n_train, "test_pairs": n_test},
                  "kept": {"train": n, "test": n_test}, "dropped": {"train_beyond_first_n": n_train - n}}
-        _write_json_atomic(out / "stats.json", stats)
+        write_json_atomic(out / "stats.json", stats)
         manifest = {k: v for k, v in parent_manifest.items() if k not in ("splits", "bayes", "complete")}
         # The test split is the parent's, byte for byte: facts about it (e.g. a known Bayes loss) carry over.
         if "bayes" in parent_manifest:
@@ -115,7 +116,7 @@ def write_nested_subsets(dataset_dir: str | os.PathLike, sizes: Sequence[int], o
                         splits={"train": {"pairs": n, "shards": [p.name for p in sorted((out / "train").glob("*.parquet"))]},
                                 "test": {"pairs": n_test, "shards": [f.name for f in test_files]}},
                         complete=True)
-        _write_json_atomic(out / "manifest.json", manifest)
+        write_json_atomic(out / "manifest.json", manifest)
         written.append(out)
     return written
 

@@ -39,7 +39,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from data_prep.nested import NestedDataError, _prepare, _write_json_atomic, parse_args, write_nested_subsets
+from data_prep.nested import (NestedDataError, parse_args, prepare_output_dir, write_json_atomic,
+                              write_nested_subsets)
 from data_prep.records import ShardWriter, pair_id
 
 SOURCE = "synthetic"
@@ -212,7 +213,7 @@ def write_synthetic_dataset(output_dir: str | os.PathLike, n_pairs: int = DEFAUL
     _check(n_pairs, test_fraction, seed, scale, reply_words, feature_rate, pairs_per_thread, nested_sizes)
     out = Path(output_dir)
     try:
-        _prepare(out, overwrite)
+        prepare_output_dir(out, overwrite)
     except NestedDataError as exc:
         raise SyntheticDataError(str(exc)) from None
     params = {"n_pairs": n_pairs, "test_fraction": test_fraction, "seed": seed, "scale": scale, "reply_words": reply_words,
@@ -241,12 +242,12 @@ def write_synthetic_dataset(output_dir: str | os.PathLike, n_pairs: int = DEFAUL
              "kept": {s: meters[s].n for s in writers}, "threads": {s: len(t) for s, t in threads.items()}, "dropped": {},
              "bayes": bayes, "bayes_bt_loss": bayes["test"]["bt_loss"], "bayes_bt_loss_expected": bayes["test"]["bt_loss_expected"],
              "seconds": round(time.time() - start, 3)}
-    _write_json_atomic(out / "stats.json", stats)
+    write_json_atomic(out / "stats.json", stats)
     manifest = {"source": SOURCE, "created_by": "data_prep.synthetic", "params": params, "reward": reward,
                 "splits": {s: {"pairs": meters[s].n, "threads": len(threads[s]), "shards": shards[s]} for s in writers},
                 "bayes": bayes, "bayes_bt_loss": bayes["test"]["bt_loss"],
                 "bayes_bt_loss_expected": bayes["test"]["bt_loss_expected"], "complete": True}
-    _write_json_atomic(out / "manifest.json", manifest)
+    write_json_atomic(out / "manifest.json", manifest)
     if nested_sizes:
         root = Path(nested_dir) if nested_dir is not None else out.with_name(out.name + "-nested")
         try:

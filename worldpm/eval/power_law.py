@@ -4,9 +4,10 @@ Both forms are fitted by least squares on log L (loss noise is roughly multiplic
 the two forms: R^2 is always that of log L).
 
 - Pure power law (Kaplan; the paper's form): ordinary least squares of log L on log x. slope = -alpha, x_c = exp(intercept/alpha).
-- Saturating form: scipy `least_squares` (trust region, as in `curve_fit`, with the analytic Jacobian; bounds L_inf in [0, max L], B > 0, alpha in [0, 10]) started from the best
-  of a grid over L_inf (for each, a log-log OLS of L - L_inf gives B and alpha). x is divided by its geometric mean inside
-  the fit so B is O(1) whatever the units; B is reported in the caller's units.
+- Saturating form: scipy `least_squares` (trust region, as `curve_fit` uses, with the analytic Jacobian; bounds L_inf in
+  [0, max L], B > 0, alpha in [0, 10]) started from the best of a grid over L_inf (for each, a log-log OLS of L - L_inf
+  gives B and alpha). x is divided by its geometric mean inside the fit so B is O(1) whatever the units; B is reported in
+  the caller's units.
 - Intervals: a case bootstrap (resample the (x, L) points with replacement; percentile interval), and, for the log-log slope,
   the classical OLS t interval (n - 2 degrees of freedom). Which one decides significance: the bootstrap when there are at
   least `min_points_bootstrap` points, else the t interval (a bootstrap of 3-5 points mostly redraws the same few lines).
