@@ -1,0 +1,159 @@
+"""Nested data sizes: datasets holding the first n train pairs of one larger PairRecord dataset, all with its test split.
+
+Data-size scaling with separate runs per size needs subsets that are nested (the 10k-pair run saw every pair the 1k-pair
+run saw) and share one test set, so that losses differ only by how much was learnt. Each subset is a dataset directory
+of its own (train/, test/, stats.json, manifest.json written last), usable as `data.path`:
+
+    python -m data_prep.nested input=data/forum sizes=[1000,10000] output_dir=data/forum-nested
+    # -> data/forum-nested/n-1000/, data/forum-nested/n-10000/
+
+"First n" is in shard order (part-00000 first), which for source=synthetic is generation order. Keep subsets outside the
+parent directory: a loader globbing `**/train/*` under the parent would otherwise read them as more training data.
+Pure pyarrow: no torch, no worldpm.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import pyarrow.parquet as pq
+
+from data_prep.records import PAIR_SCHEMA, ShardWriter
+
+
+class NestedDataError(ValueError):
+    """Bad input to the subset writer; shown to the user as one line."""
+
+
+def subset_dir(output_root: str | os.PathLike, n: int) -> Path:
+    return Path(output_root) / f"n-{n}"
+
+
+def _count_rows(files: Sequence[Path]) -> int:
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+
+def write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def prepare_output_dir(out: Path, overwrite: bool) -> None:
+    """An empty dataset directory; an existing non-empty one only with overwrite (its manifest goes first)."""
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise NestedDataError(f"output directory {out} exists and is not empty (pass overwrite=true to replace it)")
+        (out / "manifest.json").unlink(missing_ok=True)  # first: a half-rewritten directory must not look complete
+        for name in ("train", "test"):
+            shutil.rmtree(out / name, ignore_errors=True)
+        (out / "stats.json").unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def write_nested_subsets(dataset_dir: str | os.PathLike, sizes: Sequence[int], output_root: str | os.PathLike,
+                         overwrite: bool = False, max_rows_per_shard: int = 50_000) -> list[Path]:
+    """Write `output_root/n-{n}` for each n in `sizes`: the first n train pairs of `dataset_dir` and all of its test pairs.
+
+    The parent must be complete (manifest.json). Returns the subset directories, smallest first."""
+    src = Path(dataset_dir)
+    manifest_path = src / "manifest.json"
+    if not manifest_path.is_file():
+        raise NestedDataError(f"{src} is not a complete dataset (no manifest.json)")
+    parent_manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    train_files = sorted((src / "train").glob("*.parquet"))
+    test_files = sorted((src / "test").glob("*.parquet"))
+    if not train_files:
+        raise NestedDataError(f"{src}/train has no parquet shards")
+    n_train = _count_rows(train_files)
+    n_test = _count_rows(test_files)
+    bad = [n for n in sizes if isinstance(n, bool) or not isinstance(n, int)]
+    if bad:
+        raise NestedDataError(f"sizes: {bad[0]!r} is not a whole number of pairs")
+    sizes = sorted(set(sizes))
+    if not sizes:
+        raise NestedDataError("sizes: give at least one subset size")
+    for n in sizes:
+        if n <= 0 or n > n_train:
+            raise NestedDataError(f"sizes: {n} is not between 1 and the {n_train} train pairs of {src}")
+    root = Path(output_root)
+    if root.resolve() == src.resolve() or src.resolve() in root.resolve().parents:
+        raise NestedDataError(f"output_dir {root} is inside the parent dataset {src}; put subsets beside it")
+
+    written = []
+    for n in sizes:
+        out = subset_dir(root, n)
+        prepare_output_dir(out, overwrite)
+        with ShardWriter(out / "train", max_rows_per_shard) as writer:
+            left = n
+            for f in train_files:
+                for batch in pq.ParquetFile(f).iter_batches(batch_size=min(left, 5_000), columns=list(PAIR_SCHEMA.names)):
+                    rows = batch.to_pylist()[:left]
+                    for row in rows:
+                        writer.write(row)
+                    left -= len(rows)
+                    if left == 0:
+                        break
+                if left == 0:
+                    break
+        (out / "test").mkdir(exist_ok=True)
+        for f in test_files:
+            tmp = out / "test" / f".{f.name}.tmp"
+            shutil.copyfile(f, tmp)
+            tmp.replace(out / "test" / f.name)
+        stats = {"parent": str(src), "input": {"train_pairs": n_train, "test_pairs": n_test},
+                 "kept": {"train": n, "test": n_test}, "dropped": {"train_beyond_first_n": n_train - n}}
+        write_json_atomic(out / "stats.json", stats)
+        manifest = {k: v for k, v in parent_manifest.items() if k not in ("splits", "bayes", "complete")}
+        # The test split is the parent's, byte for byte: facts about it (e.g. a known Bayes loss) carry over.
+        if "bayes" in parent_manifest:
+            manifest["bayes"] = {"test": parent_manifest["bayes"].get("test")}
+        manifest.update(nested={"parent": str(src), "train_pairs": n, "parent_train_pairs": n_train, "order": "first n in shard order"},
+                        splits={"train": {"pairs": n, "shards": [p.name for p in sorted((out / "train").glob("*.parquet"))]},
+                                "test": {"pairs": n_test, "shards": [f.name for f in test_files]}},
+                        complete=True)
+        write_json_atomic(out / "manifest.json", manifest)
+        written.append(out)
+    return written
+
+
+def parse_args(argv: Sequence[str], allowed: dict) -> dict:
+    """`key=value` arguments (YAML values, as Hydra reads them) over `allowed` defaults; unknown keys are errors."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    values = dict(allowed)
+    for arg in argv:
+        key, sep, _ = arg.partition("=")
+        key = key.lstrip("+").removeprefix("source.")
+        if not sep or key not in allowed:
+            raise NestedDataError(f"unknown argument {arg!r} (expected key=value with key in: {', '.join(allowed)})")
+        try:
+            parsed = OmegaConf.to_container(OmegaConf.from_dotlist([f"{key}={arg.partition('=')[2]}"]))[key]
+        except OmegaConfBaseException as exc:
+            raise NestedDataError(f"cannot parse {arg!r}: {str(exc).splitlines()[0]}") from None
+        values[key] = parsed
+    return values
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        opts = parse_args(args, {"input": None, "sizes": None, "output_dir": None, "overwrite": False})
+        for key in ("input", "sizes", "output_dir"):
+            if opts[key] is None:
+                raise NestedDataError(f"{key} is required (python -m data_prep.nested input=DIR sizes=[n,...] output_dir=DIR)")
+        sizes = opts["sizes"] if isinstance(opts["sizes"], list) else [opts["sizes"]]
+        for out in write_nested_subsets(opts["input"], sizes, opts["output_dir"], overwrite=bool(opts["overwrite"])):
+            print(out)
+    except (NestedDataError, OSError) as exc:
+        print(f"data_prep.nested: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Evaluation: benchmarks, categories, checkpoint series, and the scaling analysis on top of their results."""
