@@ -13,7 +13,7 @@ import numpy as np
 
 from worldpm.errors import UserError
 from worldpm.eval.items import Item
-from worldpm.eval.metrics import item_stats
+from worldpm.eval.metrics import accuracy_of, item_stats
 
 log = logging.getLogger("worldpm.eval")
 TOP_DOMAINS = 20
@@ -37,7 +37,8 @@ def load(bcfg: Mapping, name: str) -> list[Item]:
     except FileNotFoundError:
         raise UserError(f"benchmark {name}: no parquet shards in {split}") from None
     except Exception as exc:  # a shard that does not match the PairRecord schema
-        raise UserError(f"benchmark {name}: {split} does not hold PairRecord shards ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+        raise UserError(f"benchmark {name}: {split} does not hold PairRecord shards ({reason})") from None
     items = []
     for i, row in enumerate(table.to_pylist()):
         where = f"{split}[row {i}]"
@@ -51,7 +52,7 @@ def load(bcfg: Mapping, name: str) -> list[Item]:
 
 def official(items: list[Item], rewards: list[np.ndarray], bcfg: Mapping) -> dict:
     def acc(ix):
-        return {"n": len(ix), "accuracy": item_stats([items[i] for i in ix], [rewards[i] for i in ix]).accuracy}
+        return {"n": len(ix), "accuracy": accuracy_of(items, rewards, ix)}
 
     sources: dict[str, list[int]] = defaultdict(list)
     domains: dict[str, list[int]] = defaultdict(list)

@@ -17,7 +17,7 @@ import numpy as np
 
 from worldpm.errors import UserError
 from worldpm.eval.items import Item
-from worldpm.eval.metrics import item_stats
+from worldpm.eval.metrics import accuracy_of, item_stats
 from worldpm.eval.sources import need, records_for
 
 log = logging.getLogger("worldpm.eval")
@@ -62,5 +62,5 @@ def official(items: list[Item], rewards: list[np.ndarray], bcfg: Mapping) -> dic
     for i, item in enumerate(items):
         groups[item.group].append(i)
     return {"accuracy": item_stats(items, rewards).accuracy,
-            "by_strength": {g: {"n": len(ix), "accuracy": item_stats([items[i] for i in ix], [rewards[i] for i in ix]).accuracy}
+            "by_strength": {g: {"n": len(ix), "accuracy": accuracy_of(items, rewards, ix)}
                             for g, ix in sorted(groups.items())}}

@@ -75,6 +75,11 @@ def item_stats(items: Sequence[Item], rewards: Sequence[np.ndarray]) -> ItemStat
     return ItemStats(acc_sum, acc_n, np.bincount(idx, weights=losses, minlength=n), pairs_n)
 
 
+def accuracy_of(items: Sequence[Item], rewards: Sequence[np.ndarray], idx: Sequence[int]) -> float | None:
+    """Accuracy over the items at `idx` (a slice of a benchmark: a subset, a scenario, a flag)."""
+    return item_stats([items[i] for i in idx], [rewards[i] for i in idx]).accuracy
+
+
 def pairwise_accuracy(better: np.ndarray, worse: np.ndarray) -> float | None:
     return float(np.mean(better > worse)) if len(better) else None
 

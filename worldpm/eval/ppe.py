@@ -28,7 +28,7 @@ import numpy as np
 
 from worldpm.errors import UserError
 from worldpm.eval.items import Item
-from worldpm.eval.metrics import best_of_k, item_stats, oracle_best_of_k, roc_auc
+from worldpm.eval.metrics import accuracy_of, best_of_k, item_stats, oracle_best_of_k, roc_auc
 from worldpm.eval.sources import Record, data_files, is_data_file, messages, need, read_hub, read_local
 
 log = logging.getLogger("worldpm.eval")
@@ -141,7 +141,7 @@ def official(items: list[Item], rewards: list[np.ndarray], bcfg: Mapping) -> dic
                     if on:
                         flags[flag].append(i)
             out[subtask] = {"accuracy": item_stats(part, part_r).accuracy, "n": len(part),
-                            "by_flag": {f: {"n": len(ix), "accuracy": item_stats([items[i] for i in ix], [rewards[i] for i in ix]).accuracy}
+                            "by_flag": {f: {"n": len(ix), "accuracy": accuracy_of(items, rewards, ix)}
                                         for f, ix in sorted(flags.items())}}
             continue
         k_max = max(len(it.responses) for it in part)
@@ -160,7 +160,7 @@ def official(items: list[Item], rewards: list[np.ndarray], bcfg: Mapping) -> dic
     sets = [v for v in out.values() if "best_of_k" in v]
     if sets:
         keys = ("accuracy", "end_score", "max_achieved", "roc_auc", "roc_auc_mean_per_prompt")
-        out["correctness_mean"] = {k: float(np.mean([s[k] for s in sets if s[k] is not None])) if any(s[k] is not None for s in sets) else None
-                                   for k in keys}
+        present = {k: [s[k] for s in sets if s[k] is not None] for k in keys}
+        out["correctness_mean"] = {k: float(np.mean(v)) if v else None for k, v in present.items()}
         out["correctness_mean"]["n_sets"] = len(sets)
     return out

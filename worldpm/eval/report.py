@@ -116,11 +116,13 @@ def write_report(results: Mapping, out_dir: Path, plots: bool = True) -> Path:
     if state:
         lines.append(f"- checkpoint: step {state.get('step')}, pairs seen {state.get('pairs_seen')}, tokens seen {state.get('tokens_seen')}")
     sc = results.get("scoring", {})
-    lines.append(f"- scored {sc.get('n_unique', 0)} unique sequences ({sc.get('n_sequences', 0)} responses, {sc.get('n_truncated', 0)} "
-                 f"truncated) in {_f(sc.get('seconds'), 1)} s; 95% CIs: item-level percentile bootstrap, {sc.get('bootstrap_samples')} resamples")
+    lines.append(f"- scored {sc.get('n_unique', 0)} unique sequences ({sc.get('n_sequences', 0)} responses, "
+                 f"{sc.get('n_truncated', 0)} truncated) in {_f(sc.get('seconds'), 1)} s; 95% CIs: item-level percentile "
+                 f"bootstrap, {sc.get('bootstrap_samples')} resamples")
     lines += ["", "## Categories", "", "| category | subtasks | BT loss | accuracy |", "|---|---:|---|---|"]
     for name, cat in results["categories"].items():
-        lines.append(f"| {name} | {cat['n_subtasks']} | {_ci(cat['bt_loss'], cat.get('bt_loss_ci'))} | {_ci(cat['accuracy'], cat.get('accuracy_ci'))} |")
+        lines.append(f"| {name} | {cat['n_subtasks']} | {_ci(cat['bt_loss'], cat.get('bt_loss_ci'))} | "
+                     f"{_ci(cat['accuracy'], cat.get('accuracy_ci'))} |")
     if plots:
         plot_dir = out_dir / "plots"
         plot_dir.mkdir(parents=True, exist_ok=True)
@@ -133,7 +135,8 @@ def write_report(results: Mapping, out_dir: Path, plots: bool = True) -> Path:
     for bench, entry in results["benchmarks"].items():
         lines += ["", f"### {bench}", "", "| subtask | category | n | accuracy | BT loss |", "|---|---|---:|---|---|"]
         for sub, s in entry["subtasks"].items():
-            lines.append(f"| {sub} | {s['category'] or '–'} | {s['n']} | {_ci(s['accuracy'], s['accuracy_ci'])} | {_ci(s['bt_loss'], s['bt_loss_ci'])} |")
+            lines.append(f"| {sub} | {s['category'] or '–'} | {s['n']} | {_ci(s['accuracy'], s['accuracy_ci'])} | "
+                         f"{_ci(s['bt_loss'], s['bt_loss_ci'])} |")
         flat = headline(bench, results)
         if flat:
             lines += ["", "Official aggregates: " + "; ".join(f"{k} {_f(v)}" for k, v in flat)]

@@ -21,7 +21,7 @@ import numpy as np
 
 from worldpm.errors import UserError
 from worldpm.eval.items import Item
-from worldpm.eval.metrics import item_stats
+from worldpm.eval.metrics import accuracy_of
 from worldpm.eval.sources import Record, locate, messages, need, read_json_any
 
 GOALS = ("helpfulness", "harmlessness")
@@ -88,8 +88,8 @@ def official(items: list[Item], rewards: list[np.ndarray], bcfg: Mapping) -> dic
         by_scenario[item.subtask][item.group].append(i)
     out = {}
     for subtask, scenarios in sorted(by_scenario.items()):
-        acc = {s: item_stats([items[i] for i in ix], [rewards[i] for i in ix]).accuracy for s, ix in sorted(scenarios.items())}
+        acc = {s: accuracy_of(items, rewards, ix) for s, ix in sorted(scenarios.items())}
         all_ix = [i for ix in scenarios.values() for i in ix]
-        out[subtask] = {"accuracy_pooled": item_stats([items[i] for i in all_ix], [rewards[i] for i in all_ix]).accuracy,
+        out[subtask] = {"accuracy_pooled": accuracy_of(items, rewards, all_ix),
                         "accuracy_scenario_mean": float(np.mean(list(acc.values()))), "n_scenarios": len(acc), "scenarios": acc}
     return out

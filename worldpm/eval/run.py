@@ -94,6 +94,14 @@ def evaluate_model(model, benchmarks: Mapping[str, tuple[dict, list]], cfg: Dict
     return results
 
 
+def load_model(path: str, cfg: DictConfig):
+    from worldpm.reward_model import RewardModel
+
+    if cfg.get("device_map"):  # a model larger than one device (WorldPM-72B): layers spread by accelerate
+        return RewardModel.from_pretrained(path, dtype=cfg.dtype, device_map=cfg.device_map)
+    return RewardModel.from_pretrained(path, dtype=cfg.dtype, device=cfg.device)
+
+
 def _log_to_file(out_dir: Path) -> logging.Handler:
     out_dir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(out_dir / "eval.log")
@@ -108,7 +116,6 @@ def _evaluate_series(cfg: DictConfig, benchmarks, out: Path) -> list[dict]:
     from worldpm.eval.checkpoints import discover
     from worldpm.eval.report import write_series_report
     from worldpm.eval.results import write_json
-    from worldpm.reward_model import RewardModel
 
     which = cfg.checkpoints if isinstance(cfg.checkpoints, str) else list(cfg.checkpoints)
     ckpts = discover(cfg.run_dir, which)
@@ -121,12 +128,14 @@ def _evaluate_series(cfg: DictConfig, benchmarks, out: Path) -> list[dict]:
             import json
 
             previous = json.loads(done.read_text())
-            if previous.get("checkpoint") == ckpt.state:
-                log.info("%s: results.json exists for this checkpoint state; skipped (series.skip_done=false redoes it)", ckpt.name)
+            same_benchmarks = (previous.get("config") or {}).get("benchmark") == OmegaConf.to_container(cfg.benchmark, resolve=True)
+            if previous.get("checkpoint") == ckpt.state and same_benchmarks:
+                log.info("%s: results.json exists for this checkpoint state and these benchmarks; skipped "
+                         "(series.skip_done=false redoes it)", ckpt.name)
                 series.append({"name": ckpt.name, **_label(ckpt.state), "categories": previous.get("categories", {}),
                                "results": str(done)})
                 continue
-        model = RewardModel.from_pretrained(str(ckpt.model_dir), dtype=cfg.dtype, device=cfg.device)
+        model = load_model(str(ckpt.model_dir), cfg)
         results = evaluate_model(model, benchmarks, cfg, target, str(ckpt.model_dir), ckpt.state)
         del model
         series.append({"name": ckpt.name, **_label(ckpt.state), "categories": results["categories"], "results": str(done)})
@@ -155,9 +164,7 @@ def run(cfg: DictConfig):
             return _evaluate_series(cfg, benchmarks, out)
         benchmarks = load_benchmarks(cfg)
         if cfg.model_path:
-            from worldpm.reward_model import RewardModel
-
-            model = RewardModel.from_pretrained(str(cfg.model_path), dtype=cfg.dtype, device=cfg.device)
+            model = load_model(str(cfg.model_path), cfg)
             label = str(cfg.model_path)
         else:
             from worldpm.reward_model import build_reward_model

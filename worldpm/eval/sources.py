@@ -47,7 +47,8 @@ def locate(path: str, benchmark: str) -> Path | str:
 def data_files(directory: Path, benchmark: str, prefer: str | None = None) -> list[Path]:
     """Data files under a directory (recursive, sorted); with `prefer`, only those whose name contains it when any does
     (a hub snapshot holding several splits, e.g. RewardBench's raw-* and filtered-* parquet files)."""
-    files = sorted(p for p in directory.rglob("*") if is_data_file(p) and not any(part.startswith(".") for part in p.relative_to(directory).parts))
+    files = sorted(p for p in directory.rglob("*")
+                   if is_data_file(p) and not any(part.startswith(".") for part in p.relative_to(directory).parts))
     if prefer:
         preferred = [p for p in files if prefer in p.name]
         files = preferred or files

@@ -18,7 +18,7 @@ import numpy as np
 
 from worldpm.errors import UserError
 from worldpm.eval.items import Item
-from worldpm.eval.metrics import item_stats
+from worldpm.eval.metrics import accuracy_of
 from worldpm.eval.sources import Record, messages, need, records_for
 
 log = logging.getLogger("worldpm.eval")
@@ -91,11 +91,11 @@ def official(items: list[Item], rewards: list[np.ndarray], bcfg: Mapping) -> dic
     for i, item in enumerate(items):
         by_subtask[item.subtask].append(i)
     for subtask, idx in sorted(by_subtask.items()):
-        entry = {"accuracy": item_stats([items[i] for i in idx], [rewards[i] for i in idx]).accuracy, "n_items": len(idx)}
+        entry = {"accuracy": accuracy_of(items, rewards, idx), "n_items": len(idx)}
         if subtask == "raw":
             groups: dict[str, list[int]] = defaultdict(list)
             for i in idx:
                 groups[items[i].group].append(i)
-            entry["by_source"] = {g: item_stats([items[i] for i in ix], [rewards[i] for i in ix]).accuracy for g, ix in sorted(groups.items())}
+            entry["by_source"] = {g: accuracy_of(items, rewards, ix) for g, ix in sorted(groups.items())}
         out[subtask] = entry
     return out
