@@ -216,3 +216,12 @@ def test_missing_output_dir_is_one_line():
     proc = worldpm("eval", "benchmark=[rewardbench]")
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and len(lines) == 1 and "output_dir" in lines[0], proc.stderr
+
+
+def test_evaluation_never_imports_the_trainer():
+    code = ("import sys, worldpm.eval.run as r, worldpm.eval.benchmarks as b, worldpm.eval.scoring, worldpm.eval.report\n"
+            "import importlib\n[importlib.import_module(m) for m in b.LOADERS.values()]\n"
+            "bad = [m for m in sys.modules if m.startswith(('worldpm.train', 'deepspeed'))]\nassert not bad, bad\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
