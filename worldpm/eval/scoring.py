@@ -1,0 +1,69 @@
+"""One scoring pass per benchmark with the shared reward reader (`RewardModel.score_ids`).
+
+Every (prompt, reply) of the benchmark is rendered once, identical ones deduplicated (RM-Bench, PPE best-of-K and RMB BoN share
+prompts across many replies; pairwise sets repeat replies), tokenised in one call, sorted by length and scored in
+length-sorted batches, so each padded batch holds sequences of similar length.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from worldpm.chat_format import encode_conversations
+from worldpm.eval.items import Item, conversation
+
+log = logging.getLogger("worldpm.eval")
+CHUNK = 512  # sequences per score_ids call: the progress bar's step; batching inside follows max_tokens
+
+
+@dataclass
+class Scored:
+    rewards: list[np.ndarray]       # per item, per response
+    reply_tokens: list[np.ndarray]  # per item, per response: tokens of the reply alone (a style feature)
+    seq_tokens: list[np.ndarray]    # per item, per response: tokens scored (prompt + reply + reward token, after truncation)
+    n_sequences: int
+    n_unique: int
+    n_truncated: int
+    seconds: float
+
+
+def score_items(model, items: Sequence[Item], max_length: int | None = None, max_tokens: int = 16384, desc: str = "") -> Scored:
+    from tqdm.auto import tqdm
+
+    start = time.perf_counter()
+    keys: dict[tuple[str, str], int] = {}
+    convs, index = [], []
+    for item in items:
+        prompt_key = json.dumps(item.prompt, ensure_ascii=False, sort_keys=True)
+        idx = []
+        for reply in item.responses:
+            key = (prompt_key, reply)
+            if key not in keys:
+                keys[key] = len(convs)
+                convs.append(conversation(item.prompt, reply))
+            idx.append(keys[key])
+        index.append(np.asarray(idx, dtype=np.int64))
+    ids, n_truncated = encode_conversations(model.tokenizer, convs, int(max_length or model.spec.max_length), model.spec.system_prompt)
+    lengths = np.array([len(s) for s in ids], dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable")
+    rewards = np.zeros(len(ids), dtype=np.float64)
+    with tqdm(total=len(ids), desc=f"scoring {desc}".strip(), unit="seq", mininterval=2.0, disable=None) as bar:
+        for lo in range(0, len(order), CHUNK):
+            chunk = order[lo:lo + CHUNK]
+            rewards[chunk] = model.score_ids([ids[i] for i in chunk], max_tokens=max_tokens)
+            bar.update(len(chunk))
+
+    replies = sorted({r for item in items for r in item.responses})
+    reply_len = dict(zip(replies, (len(x) for x in model.tokenizer(replies, add_special_tokens=False)["input_ids"]))) if replies else {}
+    seconds = time.perf_counter() - start
+    n_seq = sum(len(it.responses) for it in items)
+    log.info("%s: scored %d unique sequences (%d responses, %d truncated) in %.2f s", desc, len(ids), n_seq, n_truncated, seconds)
+    return Scored(rewards=[rewards[ix] for ix in index],
+                  reply_tokens=[np.array([reply_len[r] for r in it.responses], dtype=np.int64) for it in items],
+                  seq_tokens=[lengths[ix] for ix in index], n_sequences=n_seq, n_unique=len(ids), n_truncated=n_truncated,
+                  seconds=seconds)
