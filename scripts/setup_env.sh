@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Make .venv and install worldpm into it, torch's CPU wheel first (a bare `torch` requirement would pull a multi-GB CUDA build).
-# Idempotent: installs again only when setup.py changed. WORLDPM_VENV picks another location.
+# Idempotent: installs again only when setup.py changed. WORLDPM_VENV picks another location; WORLDPM_SKIP_SETUP=1 skips
+# the install (a venv shared by several checkouts, whose editable install must keep pointing where it points).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+[ "${WORLDPM_SKIP_SETUP:-0}" = 1 ] && exit 0
 venv=${WORLDPM_VENV:-.venv}
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
 stamp="$venv/.worldpm-installed-$(sha1sum setup.py | cut -c1-12)"
