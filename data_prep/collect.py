@@ -170,8 +170,8 @@ def _process_thread(thread, pcfg, ccfg, ncfg, index, stats):
         return None
     stats.add("questions", "paired")
     if index and ccfg.mode == "flag":
-        flagged = sum(1 for r in rows if "contaminated" in r["meta"])
-        stats.add("contamination", "flagged_pairs", flagged)
+        flagged = sum(1 for r in rows if '"contaminated' in r["meta"])
+        stats.add("contamination", "flagged_pairs_sampled", flagged)
     sig = signature(thread.prompt, int(ncfg.num_perm), int(ncfg.shingle_words)) if ncfg.enabled else None
     return {"source": thread.source, "domain": thread.domain, "thread_id": thread.thread_id, "rows": rows, "sig": sig}
 
@@ -254,6 +254,8 @@ def _write_output(record_files: list[str], out_dir: Path, work: Path, cfg: DictC
                             continue
                         writers[side].write(row)
                         stats.add("output", side)
+                        if '"contaminated' in row["meta"]:
+                            stats.add("contamination", f"flagged_pairs_{side}")
                         written += 1
                     if written:
                         stats.add("threads_out", "written")
