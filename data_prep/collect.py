@@ -49,10 +49,11 @@ class _Bar:
 
         self.bar = tqdm(total=total_bytes, desc=desc, unit=unit, unit_scale=True, unit_divisor=1000, mininterval=1.0,
                         dynamic_ncols=True, file=sys.stderr, disable=None)
-        self.rows, self.t0, self.unit = 0, time.perf_counter(), unit
+        self.rows, self.bytes, self.t0, self.unit = 0, 0, time.perf_counter(), unit
 
     def update(self, nbytes: int, nrows: int) -> None:
         self.bar.update(nbytes)
+        self.bytes += nbytes
         self.rows += nrows
         if nrows:
             rate = self.rows / max(time.perf_counter() - self.t0, 1e-9)
@@ -61,7 +62,7 @@ class _Bar:
     def close(self) -> dict:
         seconds = time.perf_counter() - self.t0
         self.bar.close()
-        return {"seconds": round(seconds, 3), "bytes": self.bar.n, "rows": self.rows}
+        return {"seconds": round(seconds, 3), "bytes": self.bytes, "rows": self.rows}
 
 
 _WORKER: dict = {}
@@ -348,6 +349,8 @@ def _validate(cfg: DictConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise CollectError(message)
+    if cfg.source.name == "stackexchange" and cfg.source.converter not in ("html_to_markdown", "markdownify"):
+        raise CollectError(f"source.converter={cfg.source.converter} (choose html_to_markdown or markdownify)")
     if cfg.pairs.score_rule == "stackllama_votes" and cfg.source.name != "stackexchange":
         raise CollectError("pairs.score_rule=stackllama_votes needs Stack Exchange Votes.xml (source=stackexchange)")
 

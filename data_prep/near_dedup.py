@@ -7,6 +7,7 @@ hold every band of every thread). A candidate from the bands is confirmed by the
 from __future__ import annotations
 
 import sqlite3
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +17,18 @@ from datasketch.lsh import _optimal_param
 from data_prep.contamination import words
 
 
+@lru_cache(maxsize=4)
+def _template(num_perm: int, seed: int):
+    m = MinHash(num_perm=num_perm, seed=seed)
+    return m.permutations, m.scheme
+
+
 def signature(text: str, num_perm: int, shingle_words: int, seed: int = 1) -> bytes:
     tokens = words(text)
     shingles = {" ".join(tokens[i:i + shingle_words]).encode() for i in range(max(1, len(tokens) - shingle_words + 1))}
-    m = MinHash(num_perm=num_perm, seed=seed)
+    # building the permutations is most of a MinHash's cost on short texts: make them once per process
+    permutations, scheme = _template(num_perm, seed)
+    m = MinHash(num_perm=num_perm, seed=seed, permutations=permutations, scheme=scheme)
     m.update_batch(sorted(shingles))
     return m.hashvalues.astype(np.uint64).tobytes()
 

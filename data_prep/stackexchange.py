@@ -312,12 +312,12 @@ def _thread(site, base, label, q, group, cfg, stats) -> Thread | None:
     if len(kept) < 2 or (cfg.score_rule == "net" and len({a[3] for a in kept}) < 2):
         stats.add("replies", "no_pair_possible", len(kept))
         return drop_question("fewer_than_2_answers" if len(kept) < 2 else "all_answers_same_score", 0)
-    body_md = html_to_markdown(body)
+    body_md = html_to_markdown(body, cfg.converter)
     title = " ".join(title.split())
     replies = []
     for a in kept:
         _, aid, aline, ascore, abody, aowner, aname, acreated, _, alic, up, down = a
-        text = html_to_markdown(abody)
+        text = html_to_markdown(abody, cfg.converter)
         replies.append(Reply(str(aid), text, ascore, acreated, accepted=(aid == accepted_id), upvotes=up,
                              meta={"url": f"{base}/a/{aid}", **_author(base, aowner, aname), "license": alic,
                                    "created": acreated, **({"upvotes": up, "downvotes": down} if up is not None else {})}))

@@ -196,7 +196,7 @@ class Generator:
 
 
 def generate(out: Path, site: str, questions: int | None, target_mb: float | None, seed: int, tag_format: str,
-             n_users: int, pack: bool) -> dict:
+             n_users: int, pack: bool, votes_table: bool = True) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     gen = Generator(seed, site, tag_format, n_users)
     target = int(target_mb * 1e6) if target_mb else None
@@ -216,7 +216,7 @@ def generate(out: Path, site: str, questions: int | None, target_mb: float | Non
                 written += len(line.encode("utf-8"))
                 n_rows += 1
             day = rows[0]["CreationDate"][:10] + "T00:00:00.000"
-            for post_id, score in post_votes:
+            for post_id, score in (post_votes if votes_table else []):
                 down = min(int(gen.rng.expovariate(1.0)), 20)
                 up = max(score + down, 0)
                 down = up - score
@@ -224,7 +224,7 @@ def generate(out: Path, site: str, questions: int | None, target_mb: float | Non
                     for _ in range(count):
                         votes.write(row({"Id": vote_id, "PostId": post_id, "VoteTypeId": kind, "CreationDate": day}))
                         vote_id += 1
-            if accepted:
+            if accepted and votes_table:
                 votes.write(row({"Id": vote_id, "PostId": accepted, "VoteTypeId": 1, "CreationDate": day}))
                 vote_id += 1
         posts.write("</posts>\r\n")
@@ -263,10 +263,12 @@ def main() -> None:
     ap.add_argument("--tag-format", choices=["angle", "pipe"], default="angle", help="<a><b> (older dumps) or |a|b| (newer)")
     ap.add_argument("--users", type=int, default=500)
     ap.add_argument("--7z", dest="pack", action="store_true", help="also write <site>.7z (LZMA2) beside the tables")
+    ap.add_argument("--no-votes", dest="votes", action="store_false", help="an empty Votes.xml (faster for big benchmark dumps)")
     args = ap.parse_args()
     if args.questions is None and args.target_mb is None:
         ap.error("give --questions or --target-mb")
-    print(generate(args.out, args.site, args.questions, args.target_mb, args.seed, args.tag_format, args.users, args.pack))
+    print(generate(args.out, args.site, args.questions, args.target_mb, args.seed, args.tag_format, args.users, args.pack,
+                   args.votes))
 
 
 if __name__ == "__main__":

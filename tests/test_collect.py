@@ -3,6 +3,7 @@ identity, determinism across worker counts, the split, dedup, contamination, and
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -42,6 +43,32 @@ def rows(out, split=None):
 
 def by_answers(out):
     return {(json.loads(r["meta"])["chosen"]["id"], json.loads(r["meta"])["rejected"]["id"]): r for r in rows(out)}
+
+
+def table_text(text: str) -> str:
+    """Pipe tables with their padding taken out (converters align columns differently)."""
+    return re.sub(r"-{3,}", "---", re.sub(r" {2,}", " ", text))
+
+
+@pytest.mark.parametrize("converter", ["html_to_markdown", "markdownify"])
+def test_html_to_markdown_converters(converter):
+    from data_prep.html_markdown import html_to_markdown
+
+    sys.path.insert(0, str(FIX))
+    from make_fixtures import GOOD, LATEX
+
+    md = html_to_markdown(GOOD, converter)
+    assert "**hungry**" in md and "1. Discard all but 50 g.\n2. Feed 1:1:1 by weight." in md
+    assert "```python\nratio = {'starter': 50, 'flour': 50, 'water': 50}\nprint(sum(ratio.values()) > 100)\n```" in md
+    assert "[this guide](https://example.com/starter)" in md and "`rye`" in md
+    md = html_to_markdown(LATEX, converter)
+    assert "$h = \\frac{w}{f}$ where $w_1$ is water; keep $h < 0.8$." in md
+    assert "> Bakers' percentages are by weight." in md
+    assert "| flour | water |\n| --- | --- |\n| 100 | 75 |" in table_text(md)
+    assert '```rust\nfn main() { println!("{}", 75 * 2); }\n```' in md and "café & crème — fine" in md
+    md = html_to_markdown('<h2>Title</h2><pre class="lang-none"><code>plain\n</code></pre><ul><li>a</li><li>b</li></ul>', converter)
+    assert "## Title" in md and "```\nplain\n```" in md and "- a\n- b" in md
+    assert "\n\n\n" not in html_to_markdown("<p>a</p><br><br><br><p>b</p>", converter)
 
 
 def cli(*args):
@@ -148,7 +175,7 @@ def test_prompt_markdown_and_attribution(tmp_path):
     assert json.loads(rich["meta"])["tags"] == ["bread", "hydration"]  # the newer |a|b| tag format
     assert "$h = \\frac{w}{f}$ where $w_1$ is water; keep $h < 0.8$." in rich["chosen"]  # LaTeX as written
     assert "> Bakers' percentages are by weight." in rich["chosen"]
-    assert "| flour | water |\n| --- | --- |\n| 100 | 75 |" in rich["chosen"]
+    assert "| flour | water |\n| --- | --- |\n| 100 | 75 |" in table_text(rich["chosen"])
     assert '```rust\nfn main() { println!("{}", 75 * 2); }\n```' in rich["chosen"]
     assert "café & crème — fine" in rich["chosen"]
 
