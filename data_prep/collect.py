@@ -21,6 +21,7 @@ import os
 import pickle
 import shutil
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -396,10 +397,12 @@ def run(cfg: DictConfig) -> dict:
     index = NgramIndex.from_files(list(cfg.contamination.benchmarks or []), int(cfg.contamination.ngram),
                                   int(cfg.contamination.min_words))
     _prepare_output(out_dir, bool(cfg.overwrite))
-    work = Path(str(cfg.work_dir)) if cfg.work_dir else out_dir / ".work"
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
+    if cfg.work_dir:  # a fresh directory inside it: never delete what a user already keeps there
+        Path(str(cfg.work_dir)).mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix="worldpm-collect-", dir=str(cfg.work_dir)))
+    else:
+        work = out_dir / ".work"
+        work.mkdir(parents=True)
     src = OmegaConf.to_container(cfg.source, resolve=True)
     src["read_votes"] = bool(src.get("read_votes")) or cfg.pairs.score_rule == "stackllama_votes"
     pairs = {**OmegaConf.to_container(cfg.pairs, resolve=True)}
@@ -426,6 +429,8 @@ def run(cfg: DictConfig) -> dict:
                   "cfg": task_cfg} for i, f in enumerate(subs + coms)]
         total = None
     tasks += [{"kind": "hash", "path": f, "cfg": task_cfg} for f in input_files]
+    log.info("phase 1: reading %d %s into on-disk stores in %s (%d workers)", len(tasks) - len(input_files),
+             "sites" if source == "stackexchange" else "files", work, workers)
     bar = _Bar("collect: read", total or None)
     results = _run_tasks(_ingest_task, tasks, workers, bar)
     timings["read"] = bar.close()
@@ -452,9 +457,13 @@ def run(cfg: DictConfig) -> dict:
         for p, (lo, hi) in enumerate(partition_bounds(Path(store["db"]), int(cfg.partitions))):
             tasks.append({"source": source, "site": store["site"], "db": store["db"], "label": store["label"], "lo": lo, "hi": hi,
                           "out": str(work / f"pairs-{u:04d}-{p:04d}.pkl.zst"), "cfg": task_cfg})
+    log.info("phase 1 done in %.1fs: %s; phase 2: grouping, converting and pairing in %d id ranges", timings["read"]["seconds"],
+             ", ".join(f"{t} {v['read']:,} rows" for t, v in account(stats, source)["rows"].items()), len(tasks))
     bar = _Bar("collect: pair", None, unit="thread")
     results = _run_tasks(_pair_task, tasks, workers, bar, index if index else None)
     timings["pair"] = bar.close()
+    log.info("phase 2 done in %.1fs: %d threads with pairs; phase 3: dedup, split and write", timings["pair"]["seconds"],
+             sum(r["records"] for r in results))
     for r in results:
         stats.merge(Stats.from_state(r["stats"]))
 

@@ -160,7 +160,7 @@ class Generator:
             aid = self.next_id
             self.next_id += 1
             quality = rng.random()
-            score = round((quality * 6 - 1.2) * popularity + rng.gauss(0, 0.8))
+            score = round((quality * 6 - 1.2) * popularity + rng.gauss(0, 0.6))
             ids.append((aid, quality, score))
         accepted = None
         if ids and rng.random() < 0.6:

@@ -424,3 +424,17 @@ def test_bad_config_is_one_line(args, needle):
     result = cli(*args)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2 and len(lines) == 1 and needle in lines[0] and "error" in lines[0], result.stderr
+
+
+def test_output_loads_with_datasets_and_the_main_job_sample(tmp_path):
+    """The embedded sample (the main job's input) collects into shards `datasets` loads, with a test split to evaluate on."""
+    from datasets import load_dataset
+
+    sample = ROOT / "data_prep" / "sample" / "synthetic.stackexchange.com.7z"
+    assert sample.stat().st_size < 500_000
+    stats, manifest = collect(tmp_path / "o", "pairs.max_per_question=8", "split.test_fraction=0.2", "workers=2", path=sample)
+    ds = load_dataset("parquet", data_dir=str(tmp_path / "o"), cache_dir=str(tmp_path / "cache"))
+    assert set(ds) == {"train", "test"} and ds["train"].num_rows == manifest["counts"]["train"] > 2000
+    assert ds["test"].num_rows == manifest["counts"]["test"] > 500
+    longer = sum(len(r["chosen"]) > len(r["rejected"]) for r in ds["test"]) / ds["test"].num_rows
+    assert longer > 0.7  # the votes follow answer quality (data_prep/sample/README.md)
