@@ -63,7 +63,15 @@ class _Bar:
     def close(self) -> dict:
         seconds = time.perf_counter() - self.t0
         self.bar.close()
-        return {"seconds": round(seconds, 3), "bytes": self.bytes, "rows": self.rows}
+        return {"seconds": round(seconds, 3), "bytes": self.bytes, "rows": self.rows, "peak_rss_mb": _peak_rss_mb()}
+
+
+def _peak_rss_mb() -> float:
+    """Peak RSS so far of this process and of its largest finished worker (Linux reports KiB)."""
+    import resource
+
+    return round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                  + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024, 1)
 
 
 _WORKER: dict = {}
@@ -470,7 +478,7 @@ def run(cfg: DictConfig) -> dict:
     # phase 3: dedup, split and write in canonical order
     t0 = time.perf_counter()
     shards = _write_output([r["out"] for r in results], out_dir, work, cfg, stats)
-    timings["write"] = {"seconds": round(time.perf_counter() - t0, 3)}
+    timings["write"] = {"seconds": round(time.perf_counter() - t0, 3), "peak_rss_mb": _peak_rss_mb()}
     summary = account(stats, source)
     if index:
         summary["contamination_benchmarks"] = index.summary()

@@ -76,9 +76,10 @@ def sevenzip_member_chunks(archive: Path, member: str, size: int = CHUNK, max_qu
                 raise Stopped()
             self.buf += s
             written[0] += len(s)
-            if len(self.buf) >= size:
-                chunks.put(bytes(self.buf))
-                self.buf = bytearray()
+            # py7zr writes ~20 MB blocks: queue them in `size` pieces so the queue bounds memory at max_queued * size
+            while len(self.buf) >= size:
+                chunks.put(bytes(self.buf[:size]))
+                del self.buf[:size]
             return len(s)
 
         def flush(self):
