@@ -23,7 +23,6 @@ from data_prep.errors import file_error
 _PARSER_ARGS = dict(resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False, huge_tree=False,
                     remove_comments=True, remove_pis=True, collect_ids=False)
 _ENCODING = re.compile(rb"""encoding\s*=\s*["']([A-Za-z0-9._-]+)["']""")
-BLOCK_BYTES = 1 << 20
 NEWLINE = b"\n"
 
 

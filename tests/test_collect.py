@@ -438,3 +438,25 @@ def test_output_loads_with_datasets_and_the_main_job_sample(tmp_path):
     assert ds["test"].num_rows == manifest["counts"]["test"] > 500
     longer = sum(len(r["chosen"]) > len(r["rejected"]) for r in ds["test"]) / ds["test"].num_rows
     assert longer > 0.7  # the votes follow answer quality (data_prep/sample/README.md)
+
+
+def test_stack_overflow_per_table_archives_form_one_site(tmp_path):
+    import py7zr
+
+    dumps = tmp_path / "dumps"
+    dumps.mkdir()
+    for table in ("Posts", "Users"):
+        with py7zr.SevenZipFile(dumps / f"stackoverflow.com-{table}.7z", "w") as z:
+            z.write(SITE_DIR / f"{table}.xml", f"{table}.xml")
+    stats, manifest = collect(tmp_path / "o", "pairs.max_per_question=null", path=dumps)
+    assert {r["domain"] for r in rows(tmp_path / "o")} == {"stackoverflow.com"}
+    assert stats["rows"]["Users"]["user"] == 6 and len(manifest["inputs"]) == 2
+    meta = json.loads(by_answers(tmp_path / "o")[("2", "3")]["meta"])
+    assert meta["chosen"]["author"] == "Bob Crust" and meta["question_url"] == "https://stackoverflow.com/questions/1"
+
+
+def test_reddit_comment_cap_keeps_the_earliest(tmp_path):
+    stats, _ = collect(tmp_path / "o", "pairs.max_per_question=null", "source.max_comments_per_post=2", source="reddit",
+                       path=REDDIT)
+    assert stats["replies"]["dropped"]["over_max_comments_per_post"] == 1  # c3, the latest of c2 (t50), c1 (t100), c3 (t200)
+    assert set(by_answers(tmp_path / "o")) == {("c1", "c2")} and all(stats["identities"].values())
