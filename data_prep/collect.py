@@ -179,11 +179,16 @@ def _process_thread(thread, pcfg, ccfg, ncfg, index, stats):
         stats.drop("questions", "no_pair_after_rules", thread.position)
         return None
     stats.add("questions", "paired")
+    flagged = []
     if index and ccfg.mode == "flag":
-        flagged = sum(1 for r in rows if '"contaminated' in r["meta"])
-        stats.add("contamination", "flagged_pairs_sampled", flagged)
+        for r in rows:
+            meta = json.loads(r["meta"])
+            if meta.get("contaminated_prompt") or meta["chosen"].get("contaminated") or meta["rejected"].get("contaminated"):
+                flagged.append(r["id"])
+        stats.add("contamination", "flagged_pairs_sampled", len(flagged))
     sig = signature(thread.prompt, int(ncfg.num_perm), int(ncfg.shingle_words)) if ncfg.enabled else None
-    return {"source": thread.source, "domain": thread.domain, "thread_id": thread.thread_id, "rows": rows, "sig": sig}
+    return {"source": thread.source, "domain": thread.domain, "thread_id": thread.thread_id, "rows": rows, "sig": sig,
+            "flagged": flagged}
 
 
 def _pair_task(task: dict) -> dict:
@@ -264,7 +269,7 @@ def _write_output(record_files: list[str], out_dir: Path, work: Path, cfg: DictC
                             continue
                         writers[side].write(row)
                         stats.add("output", side)
-                        if '"contaminated' in row["meta"]:
+                        if row["id"] in rec["flagged"]:
                             stats.add("contamination", f"flagged_pairs_{side}")
                         written += 1
                     if written:
