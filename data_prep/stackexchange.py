@@ -90,7 +90,7 @@ def _ingest_users(db, source, stats, cfg, progress):
         try:
             uid = int(attrs["Id"])
         except (KeyError, ValueError):
-            stats.drop("rows.Users", "bad_Id", {"file": source.label, "line": line, "excerpt": str(attrs)[:300]})
+            stats.drop("rows.Users", "bad_Id", {"file": source.label, "line": line, "excerpt": str(dict(attrs))[:300]})
             continue
         stats.add("rows.Users", "user")
         batch.append((uid, attrs.get("DisplayName")))
@@ -112,7 +112,7 @@ def _ingest_votes(db, source, stats, cfg, progress):
         try:
             post, kind = int(attrs["PostId"]), int(attrs["VoteTypeId"])
         except (KeyError, ValueError):
-            stats.drop("rows.Votes", "bad_attribute", {"file": source.label, "line": line, "excerpt": str(attrs)[:300]})
+            stats.drop("rows.Votes", "bad_attribute", {"file": source.label, "line": line, "excerpt": str(dict(attrs))[:300]})
             continue
         if kind in (2, 3):
             stats.add("rows.Votes", "vote")
@@ -188,7 +188,7 @@ def _ingest_posts(db, source, stats, cfg, progress):
         reason, fields = _check_post(attrs)
         if reason is not None:
             sample = None if reason == "other_post_type" else {
-                "file": source.label, "line": line, "id": attrs.get("Id"), "excerpt": str(attrs)[:300],
+                "file": source.label, "line": line, "id": attrs.get("Id"), "excerpt": str(dict(attrs))[:300],
                 **({"detail": fields[0]} if fields else {})}
             stats.drop("rows.Posts", reason, sample)
             continue

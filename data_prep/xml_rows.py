@@ -41,7 +41,8 @@ def parser() -> etree.XMLParser:
 
 
 def iter_rows(chunks: Iterable[bytes], name: str, root: str, max_row_bytes: int = 4 << 20) -> Iterator[tuple[int, object]]:
-    """Yield `(line, attrs)` for each row (attrs: dict of the row's attributes) or `(line, BadRow)` for a row that is refused.
+    """Yield `(line, attrs)` for each row (attrs: a read-only mapping of the row's attributes, valid until the next row is
+    requested) or `(line, BadRow)` for a row that is refused.
 
     `chunks` is the decompressed byte stream of one table in any chunking; `name` names it in errors; `root` is the table's root
     element (`posts`, `users`, `votes`, ...).
@@ -90,7 +91,8 @@ def iter_rows(chunks: Iterable[bytes], name: str, root: str, max_row_bytes: int 
         if tree is not None:
             for el in tree:
                 if el.tag == "row":
-                    yield first_line + el.sourceline - 1, dict(el.attrib)
+                    # the lazy attribute mapping: only the attributes a reader asks for become Python strings
+                    yield first_line + el.sourceline - 1, el.attrib
                 else:
                     yield first_line + el.sourceline - 1, BadRow("malformed_row", first_line + el.sourceline - 1,
                                                                  f"unexpected element <{el.tag}>")
