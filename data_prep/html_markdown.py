@@ -68,7 +68,8 @@ def _converter(name: str):
                 return html_to_markdown.convert(html, options)
 
         def convert(html: str) -> str:
-            return _FENCE_NO_LANG.sub(r"\1", raw(html).content or "")
+            text = raw(html).content or ""
+            return _FENCE_NO_LANG.sub(r"\1", text) if "```" in text else text
 
         return convert
     raise ValueError(f"unknown converter {name!r} (choose {', '.join(CONVERTERS)})")

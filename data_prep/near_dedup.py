@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 from datasketch import MinHash
 from datasketch.lsh import _optimal_param
+from xxhash import xxh32_intdigest
 
 from data_prep.contamination import words
 
 
 @lru_cache(maxsize=4)
 def _template(num_perm: int, seed: int):
-    m = MinHash(num_perm=num_perm, seed=seed)
+    m = MinHash(num_perm=num_perm, seed=seed, hashfunc=xxh32_intdigest)
     return m.permutations, m.scheme
 
 
@@ -28,7 +29,8 @@ def signature(text: str, num_perm: int, shingle_words: int, seed: int = 1) -> by
     shingles = {" ".join(tokens[i:i + shingle_words]).encode() for i in range(max(1, len(tokens) - shingle_words + 1))}
     # building the permutations is most of a MinHash's cost on short texts: make them once per process
     permutations, scheme = _template(num_perm, seed)
-    m = MinHash(num_perm=num_perm, seed=seed, permutations=permutations, scheme=scheme)
+    # xxh32 (a C function) instead of datasketch's default sha1 wrapper: hashing the shingles was most of the MinHash cost
+    m = MinHash(num_perm=num_perm, seed=seed, hashfunc=xxh32_intdigest, permutations=permutations, scheme=scheme)
     m.update_batch(sorted(shingles))
     return m.hashvalues.astype(np.uint64).tobytes()
 
