@@ -31,7 +31,8 @@ install_requires = [
 
 extras = {
     "train": ["deepspeed==0.19.8", "wandb==0.31.0", "hydra-submitit-launcher==1.2.0"],
-    "data": ["lxml>=5", "py7zr>=0.22", "zstandard>=0.22", "markdownify>=0.13", "datasketch>=1.6"],
+    "data": ["lxml>=5", "py7zr>=0.22", "zstandard>=0.22", "markdownify>=0.13", "html-to-markdown>=3.19,<4",
+             "datasketch>=1.6", "xxhash>=3"],
     "eval": ["scipy>=1.11", "matplotlib>=3.8"],
     "serve": ["fastapi>=0.110", "uvicorn>=0.29", "httpx>=0.27"],
     "dev": ["pytest>=8", "pytest-timeout>=2.3", "setuptools>=68", "wheel"],

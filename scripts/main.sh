@@ -12,6 +12,10 @@ mkdir -p "$out"
 echo "== score: WorldPM README's two example conversations with model=tiny (random init; WorldPM-72B gives 0.6298, -1.6425)"
 worldpm score model=tiny input=worldpm/assets/examples/worldpm_readme.jsonl
 
+echo "== collect: the embedded synthetic Stack Exchange site (data_prep/sample) -> pair shards in $out/data"
+python -m worldpm collect source=stackexchange source.path=data_prep/sample/synthetic.stackexchange.com.7z output_dir="$out/data" \
+  pairs.max_per_question=8 split.test_fraction=0.2 workers=2 overwrite=true
+
 # eval: every benchmark fixture shipped in worldpm/assets/benchmarks (tiny, real formats), plus the held-out split of the
 # collected data when the collect stage wrote one; the trained model when the train stage wrote one, else model=tiny.
 bench=worldpm/assets/benchmarks

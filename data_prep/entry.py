@@ -1,0 +1,81 @@
+"""A Hydra entry point for data_prep verbs, equivalent to worldpm.config.hydra_entry but importing nothing from worldpm.
+
+`worldpm collect ...` (the CLI sets sys.argv) and `python -m data_prep.collect ...` run the same `main()`: overrides are composed
+once up front so that a bad one is a single line, then Hydra drives the run (sweeps with `-m`, launchers such as submitit).
+A `CollectError` anywhere in the run becomes `worldpm <verb>: error: <one line>` and exit status 2.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import sys
+from pathlib import Path
+
+from data_prep.errors import CollectError
+
+_HERE = Path(__file__).resolve().parent
+
+
+def config_dir() -> Path:
+    """The Hydra tree: top-level `configs/` of a source checkout, else the copy installed as `worldpm/configs` (found, not imported)."""
+    candidates = [_HERE.parent / "configs"]
+    spec = importlib.util.find_spec("worldpm")  # locating a top-level package does not import it
+    if spec is not None and spec.origin:
+        candidates.append(Path(spec.origin).parent / "configs")
+    for candidate in candidates:
+        if (candidate / "collect.yaml").is_file():
+            return candidate
+    raise CollectError(f"the config tree is missing (looked in {', '.join(map(str, candidates))}); reinstall worldpm")
+
+
+def fail(verb: str, message: str, status: int = 2):
+    print(f"worldpm {verb}: error: {' '.join(str(message).split())}", file=sys.stderr)
+    raise SystemExit(status)
+
+
+def compose(config_name: str, overrides=()):
+    """Compose `configs/<config_name>.yaml` with overrides; a bad override becomes a one-line CollectError."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name=f"worldpm_{config_name}"):
+            return hydra_compose(config_name=config_name, overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CollectError(f"bad override for '{config_name}': {first}") from None
+
+
+_PASS_THROUGH = ("-m", "--multirun", "-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "--shell-completion")
+
+
+def hydra_entry(config_name: str):
+    """Decorate `run(cfg)` into a Hydra `main()` whose user errors are one line and exit 2."""
+
+    def decorate(run):
+        @functools.wraps(run)
+        def guarded(cfg):
+            try:
+                return run(cfg)
+            except CollectError as exc:
+                fail(config_name, str(exc))
+
+        def main() -> None:
+            args = sys.argv[1:]
+            try:
+                if not any(a in _PASS_THROUGH or a.startswith(("--cfg", "--info", "--config-")) for a in args):
+                    compose(config_name, [a for a in args if not a.startswith(("hydra.", "+hydra.", "hydra/", "~hydra"))])
+                path = config_dir()
+            except CollectError as exc:
+                fail(config_name, str(exc))
+            import hydra
+
+            hydra.main(config_path=str(path), config_name=config_name, version_base="1.3")(guarded)()
+
+        main.run = run  # the plain function, for tests and in-process callers
+        return main
+
+    return decorate
