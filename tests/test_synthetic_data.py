@@ -266,3 +266,19 @@ def test_data_prep_imports_neither_torch_nor_worldpm():
     code = "import sys, data_prep.synthetic, data_prep.nested; bad = [m for m in ('torch', 'worldpm') if m in sys.modules]; print(bad)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
+
+
+def test_collect_verb_writes_the_synthetic_source(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "syn"
+    cmd = [sys.executable, "-m", "worldpm", "collect", "source=synthetic", f"output_dir={out}", "source.n_pairs=300",
+           "split.test_fraction=0.2", "source.seed=3"]
+    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["source"] == "synthetic" and manifest["params"]["seed"] == 3
+    assert read_pairs(out / "train").num_rows + read_pairs(out / "test").num_rows == 300
+    again = subprocess.run(cmd, cwd=root, capture_output=True, text=True)  # a completed output is refused
+    assert again.returncode != 0 and len(again.stderr.strip().splitlines()) == 1
+    bad = subprocess.run(cmd[:-1] + ["source.scale=-1", "overwrite=true"], cwd=root, capture_output=True, text=True)
+    assert bad.returncode == 2 and "scale" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
