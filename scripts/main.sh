@@ -1,42 +1,72 @@
 #!/usr/bin/env bash
-# The main job on the embedded default: the tiny model scores the two example conversations of WorldPM's README.
-# Later stages (collect -> train -> eval -> scaling -> serve) are added here as they land.
+# The main job on the embedded default — the sample Stack Exchange site (data_prep/sample) and the tiny model — through every
+# stage: collect -> train -> eval (final model, then every checkpoint) -> scaling -> score -> serve. Outputs under $out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup_env.sh
-venv=${WORLDPM_VENV:-.venv}; [[ $venv = /* ]] || venv=$PWD/$venv  # WORLDPM_VENV may be absolute (a shared venv)
+venv=${WORLDPM_VENV:-.venv}; [[ $venv = /* ]] || venv="$PWD/$venv"  # WORLDPM_VENV may be absolute (a shared venv)
 export PATH="$venv/bin:$PATH" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 out=${WORLDPM_MAIN_OUT:-runs/main}
 mkdir -p "$out"
 
-echo "== score: WorldPM README's two example conversations with model=tiny (random init; WorldPM-72B gives 0.6298, -1.6425)"
-worldpm score model=tiny input=worldpm/assets/examples/worldpm_readme.jsonl
-
-echo "== collect: the embedded synthetic Stack Exchange site (data_prep/sample) -> pair shards in $out/data"
-python -m worldpm collect source=stackexchange source.path=data_prep/sample/synthetic.stackexchange.com.7z output_dir="$out/data" \
+echo "== collect: the embedded synthetic Stack Exchange site -> PairRecord shards in $out/data"
+worldpm collect source=stackexchange source.path=data_prep/sample/synthetic.stackexchange.com.7z output_dir="$out/data" \
   pairs.max_per_question=8 split.test_fraction=0.2 workers=2 overwrite=true
 
-# eval: every benchmark fixture shipped in worldpm/assets/benchmarks (tiny, real formats), plus the held-out split of the
-# collected data when the collect stage wrote one; the trained model when the train stage wrote one, else model=tiny.
-bench=worldpm/assets/benchmarks
-if [ -f "$out/train/final/config.json" ]; then
-  model=(model_path="$out/train/final")
-else
-  echo "eval: no trained model at $out/train/final (no train stage ran): evaluating the random-init model=tiny instead"
-  model=(model=tiny)
-fi
-benchmarks=rewardbench,rewardbench2,rmbench,ppe,rmb,offsetbias,helpsteer2,ultrafeedback
-heldout=()
-if [ -d "$out/data/test" ]; then benchmarks+=,heldout; heldout=(benchmark.heldout.path="$out/data"); fi
-echo "== eval: [$benchmarks] -> $out/eval (results.json, rewards.parquet, report.md)"
-PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" python -m worldpm eval "${model[@]}" "benchmark=[$benchmarks]" "${heldout[@]}" \
-  benchmark.rewardbench.path=$bench/rewardbench/filtered.jsonl benchmark.rewardbench2.path=$bench/rewardbench2/test.jsonl \
-  benchmark.rmbench.path=$bench/rmbench/total_dataset.json benchmark.ppe.path=$bench/ppe benchmark.rmb.path=$bench/rmb/RMB_dataset \
-  benchmark.offsetbias.path=$bench/offsetbias/biasbench.json benchmark.helpsteer2.path=$bench/helpsteer2/preference.jsonl.gz \
-  benchmark.ultrafeedback.path=$bench/ultrafeedback/test_prefs.jsonl output_dir="$out/eval"
+#@TRAIN@
+
+if [ -f "$out/train/final/config.json" ]; then model=(model_path="$out/train/final"); else
+  echo "(no trained model at $out/train/final: the later stages use the random-init model=tiny)"; model=(model=tiny); fi
+
+# Every benchmark of the paper, from the small fixtures in their real formats shipped in worldpm/assets/benchmarks (a user
+# points benchmark.<name>.path at the real files, or leaves the hub id), plus the held-out split of the collected data.
+b=worldpm/assets/benchmarks
+paths=(benchmark.rewardbench.path=$b/rewardbench/filtered.jsonl benchmark.rewardbench2.path=$b/rewardbench2/test.jsonl
+       benchmark.rmbench.path=$b/rmbench/total_dataset.json benchmark.ppe.path=$b/ppe benchmark.rmb.path=$b/rmb/RMB_dataset
+       benchmark.offsetbias.path=$b/offsetbias/biasbench.json benchmark.helpsteer2.path=$b/helpsteer2/preference.jsonl.gz
+       benchmark.ultrafeedback.path=$b/ultrafeedback/test_prefs.jsonl benchmark.heldout.path="$out/data")
+all=rewardbench,rewardbench2,rmbench,ppe,rmb,offsetbias,helpsteer2,ultrafeedback,heldout
+echo "== eval: [$all] -> $out/eval (results.json, rewards.parquet, report.md)"
+worldpm eval "${model[@]}" "benchmark=[$all]" "${paths[@]}" output_dir="$out/eval"
 if [ -d "$out/train/checkpoints" ]; then
-  echo "== eval: every checkpoint of $out/train on RewardBench and RM-Bench -> $out/eval-series"
-  PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" python -m worldpm eval checkpoints=all run_dir="$out/train" "benchmark=[rewardbench,rmbench]" \
-    benchmark.rewardbench.path=$bench/rewardbench/filtered.jsonl benchmark.rmbench.path=$bench/rmbench/total_dataset.json \
-    output_dir="$out/eval-series"
+  echo "== eval: every checkpoint of $out/train, labelled by pairs seen -> $out/eval-series"
+  worldpm eval checkpoints=all run_dir="$out/train" "benchmark=[$all]" "${paths[@]}" output_dir="$out/eval-series" style.enabled=false
 fi
+
+#@SCALING@
+
+echo "== score: the README's two example conversations, and the held-out pairs (accuracy, BT loss) -> $out/score"
+mkdir -p "$out/score"
+worldpm score "${model[@]}" input=worldpm/assets/examples/worldpm_readme.jsonl output="$out/score/readme_rewards.jsonl"
+cat "$out/score/readme_rewards.jsonl"
+worldpm score "${model[@]}" input="$out/data" split=test output="$out/score/test_pairs.parquet"
+
+port=$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+echo "== serve: ${model[*]} on 127.0.0.1:$port, one OpenRLHF-shaped request, then SIGTERM"
+worldpm serve "${model[@]}" port="$port" &
+server=$!
+trap 'kill "$server" 2>/dev/null || true' EXIT
+python - "$port" "$server" <<'PY'
+import json, os, sys, time, urllib.request
+
+port, pid = sys.argv[1], int(sys.argv[2])
+url = f"http://127.0.0.1:{port}"
+for _ in range(240):
+    try:
+        urllib.request.urlopen(f"{url}/health", timeout=2)
+        break
+    except OSError:
+        os.kill(pid, 0)  # the server died: stop here
+        time.sleep(0.5)
+# what OpenRLHF's remote reward-model client posts: the decoded prompt+response, one sample per request
+query = ("<|im_start|>system\n<|im_end|>\n<|im_start|>user\nHow do I keep basil fresh?<|im_end|>\n"
+         "<|im_start|>assistant\nTrim the stems and stand it in a glass of water at room temperature.<|im_end|>")
+body = json.dumps({"query": [query], "prompts": [query.rsplit("<|im_start|>assistant\n", 1)[0]], "labels": [""]}).encode()
+request = urllib.request.Request(f"{url}/get_reward", data=body, headers={"Content-Type": "application/json"})
+print("POST /get_reward ->", urllib.request.urlopen(request, timeout=60).read().decode())
+PY
+kill -TERM "$server"
+wait "$server"   # a graceful stop exits 0
+trap - EXIT
+echo "== serve: stopped cleanly"
+echo "== done: outputs in $out"

@@ -33,6 +33,18 @@ def test_render_text_appends_reward_token_once_and_finds_reply():
     assert plain.text[plain.reply_start:plain.reply_end] == "just some text"
 
 
+def test_render_text_completes_the_suffix_of_an_openrlhf_rollout():
+    # OpenRLHF decodes prompt+response ids: a ChatML rollout ends at the reply's <|im_end|>, maybe followed by pad tokens
+    # (<|endoftext|> for Qwen); both become the exact suffix that render() produces, so the reward is read in-distribution.
+    conv = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "the answer"}]
+    canonical = render(conv).text
+    stem = canonical[: -len("\n" + REWARD_TOKEN)]
+    assert stem.endswith("<|im_end|>")
+    for given in (stem, stem + REWARD_TOKEN * 3, stem + "\n", canonical, canonical + REWARD_TOKEN):
+        assert render_text(given).text == canonical, given[-30:]
+    assert render_text("plain" + REWARD_TOKEN * 2).text == "plain" + REWARD_TOKEN
+
+
 def test_every_encoding_ends_in_the_reward_token(tok):
     ids, n_trunc = encode_conversations(tok, conversations(), max_length=4096)
     reward_id = tok.convert_tokens_to_ids(REWARD_TOKEN)

@@ -30,16 +30,20 @@ def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, side: str = "righ
     return input_ids, attention_mask, position_ids, reward_cols
 
 
-def length_sorted_batches(lengths: Sequence[int], max_tokens: int, max_batch_size: int | None = None) -> Iterator[list[int]]:
+def length_sorted_batches(lengths: Sequence[int], max_tokens: int, max_batch_size: int | None = None,
+                          max_padding: float | None = None) -> Iterator[list[int]]:
     """Indices grouped longest-first so each padded batch (rows x longest) stays within `max_tokens`; minimal padding.
 
-    A sequence longer than max_tokens gets a batch of its own.
+    A sequence longer than max_tokens gets a batch of its own. `max_padding` (a fraction) also closes a batch before a sequence
+    shorter than (1 - max_padding) x the batch's longest, so at most that share of a batch is padding: on a compute-bound
+    device (a CPU) padding costs as much as real tokens, so a few more, tighter batches are cheaper than one padded one.
     """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batch: list[int] = []
     for i in order:
         width = lengths[batch[0]] if batch else lengths[i]
-        if batch and ((len(batch) + 1) * width > max_tokens or (max_batch_size and len(batch) >= max_batch_size)):
+        if batch and ((len(batch) + 1) * width > max_tokens or (max_batch_size and len(batch) >= max_batch_size)
+                      or (max_padding is not None and lengths[i] < (1 - max_padding) * width)):
             yield batch
             batch = []
         batch.append(i)

@@ -76,12 +76,19 @@ def render(conversation, system_prompt: str = "") -> Rendered:
 def render_text(text: str) -> Rendered:
     """A text rendered elsewhere (e.g. OpenRLHF's decoded prompt+response): scored as given, the reward token appended if absent.
 
+    Only the end is made canonical. A text that stops right after the reply's `<|im_end|>` gets the `\\n` of WorldPM's suffix
+    before the reward token (OpenRLHF decodes a ChatML rollout as `...reply<|im_end|>`, with no newline). Trailing copies of the
+    reward token collapse into one (a decoded batch can carry pad tokens, and Qwen's pad token *is* `<|endoftext|>`).
     The reply is what follows the last `<|im_start|>assistant\\n` (the whole text when there is none), up to its `<|im_end|>`.
     """
     if not isinstance(text, str):
         raise UserError(f"expected a string to score, got {type(text).__name__}")
-    if not text.endswith(REWARD_TOKEN):
-        text = text + REWARD_TOKEN
+    body = text
+    while body.endswith(REWARD_TOKEN):
+        body = body[: -len(REWARD_TOKEN)]
+    if body.endswith("<|im_end|>"):
+        body += "\n"
+    text = body + REWARD_TOKEN
     body_end = len(text) - len(REWARD_TOKEN)
     header = text.rfind(ASSISTANT_HEADER, 0, body_end)
     reply_start = 0 if header < 0 else header + len(ASSISTANT_HEADER)
