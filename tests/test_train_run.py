@@ -36,7 +36,8 @@ def cache(tmp_path_factory):
 def reference(data, cache, tmp_path_factory):
     """An uninterrupted 8-step run: the per-step losses every resumed run must reproduce."""
     out = tmp_path_factory.mktemp("reference") / "run"
-    run_in_process(data, out, cache, *STEPS, "trainer.max_steps=8", "trainer.save_every=4", "trainer.eval_every=4")
+    run_in_process(data, out, cache, *STEPS, "trainer.max_steps=8", "trainer.save_every=4", "trainer.eval_every=4",
+                   "wandb.mode=offline", "wandb.project=worldpm-tests", "wandb.name=reference")
     return out
 
 
@@ -48,6 +49,8 @@ def test_run_layout_state_and_export(reference, data):
         assert isinstance(rows[-1][key], (int, float)), key
     assert rows[-1]["pairs_seen"] == 64 and rows[0]["padding_fraction"] == 0.0 and rows[0]["tokens_per_s"] > 0
     assert rows[-1]["loss"] < rows[0]["loss"]
+    runs = list((reference / "wandb").glob("offline-run-*/run-*.wandb"))  # wandb offline: no network, rank 0 wrote it
+    assert len(runs) == 1 and (reference / "wandb_run_id").read_text().strip() in runs[0].name
     ckpts = sorted(p.name for p in (reference / "checkpoints").iterdir())
     assert ckpts == ["step-00000004", "step-00000008"]
     state = json.loads((reference / "checkpoints" / "step-00000004" / "state.json").read_text())
@@ -188,6 +191,19 @@ def test_bad_configs_fail_fast_with_one_line_errors(extra, needle, data, cache, 
     with pytest.raises(UserError) as err:
         run_in_process(data, tmp_path / "run", cache, "trainer.max_steps=1", *extra)
     assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_deepspeed_null_and_the_slurm_launcher_configs_compose():
+    from worldpm.config import compose
+
+    assert compose("train", ["data.path=x", "deepspeed=zero3", "deepspeed=null"]).get("deepspeed") is None
+    zero3 = compose("train", ["data.path=x", "deepspeed=zero3_offload"]).deepspeed.zero_optimization
+    assert zero3.stage == 3 and zero3.offload_param.device == "cpu" and zero3.offload_optimizer.device == "cpu"
+    proc = launch([PYTHON, "-m", "worldpm.train", "hydra/launcher=slurm", "model=qwen2.5-72b", "data.path=x", "--cfg", "hydra",
+                   "--package", "hydra.launcher", "--resolve"])
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0, out
+    assert "nodes: 8" in out and "tasks_per_node: 8" in out and "signal_delay_s: 300" in out and "SlurmLauncher" in out
 
 
 @pytest.mark.parametrize("args,needle", [

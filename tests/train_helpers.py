@@ -19,7 +19,8 @@ def make_data(directory: Path, train_pairs=400, test_pairs=100, seed=0, lengths=
 
 
 def overrides(data: Path, out: Path, cache: Path, *extra: str) -> list[str]:
-    return [f"data.path={data}", f"output_dir={out}", f"data.cache_dir={cache}", "wandb.mode=disabled", "trainer.progress=false",
+    wandb = [] if any(e.startswith("wandb.mode=") for e in extra) else ["wandb.mode=disabled"]
+    return [f"data.path={data}", f"output_dir={out}", f"data.cache_dir={cache}", *wandb, "trainer.progress=false",
             "trainer.log_every=1", *extra]
 
 

@@ -39,17 +39,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _from_slurm() -> None:
-    """SLURM tasks (srun, submitit) carry SLURM_PROCID etc. but not torch's variables: derive them."""
-    if "RANK" in os.environ or "SLURM_PROCID" not in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+def _from_scheduler() -> None:
+    """SLURM tasks (srun, submitit) and submitit's local tasks carry their own rank variables, not torch's: translate them."""
+    if "RANK" in os.environ:
         return
-    try:  # submitit knows the master node and a job-specific port
+    ntasks = int(os.environ.get("SLURM_NTASKS") or os.environ.get("SUBMITIT_LOCAL_NTASKS") or 1)
+    if ntasks <= 1 or not ("SLURM_PROCID" in os.environ or "SUBMITIT_LOCAL_GLOBALID" in os.environ):
+        return
+    try:  # submitit knows the master node and picks a job-specific port
         from submitit.helpers import TorchDistributedEnvironment
 
         TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         return
-    except Exception:  # not under submitit, or submitit missing: the plain SLURM variables
-        pass
+    except Exception as exc:  # a plain `srun python -m worldpm.train`, outside submitit
+        if "SLURM_PROCID" not in os.environ:
+            raise UserError(f"cannot read the rank of this submitit task: {exc}") from None
     import subprocess
 
     nodes = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST", "127.0.0.1")
@@ -59,12 +63,12 @@ def _from_slurm() -> None:
         master = nodes.split(",")[0]
     os.environ.update(RANK=os.environ["SLURM_PROCID"], WORLD_SIZE=os.environ["SLURM_NTASKS"],
                       LOCAL_RANK=os.environ.get("SLURM_LOCALID", "0"), MASTER_ADDR=os.environ.get("MASTER_ADDR", master),
-                      MASTER_PORT=os.environ.get("MASTER_PORT", str(29500 + int(os.environ.get("SLURM_JOB_ID", "0")) % 1000)))
+                      MASTER_PORT=os.environ.get("MASTER_PORT", str(20000 + int(os.environ.get("SLURM_JOB_ID", "0")) % 20000)))
 
 
 def init(use_deepspeed: bool, shm_comm: bool = False) -> Dist:
     """Join the job. With deepspeed=null this is one process and no process group."""
-    _from_slurm()
+    _from_scheduler()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cuda = torch.cuda.is_available()
     if not cuda:

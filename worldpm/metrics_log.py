@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import uuid
 from pathlib import Path
 
 log = logging.getLogger("worldpm.train")
@@ -59,7 +60,7 @@ class MetricsLog:
         import wandb
 
         id_file = Path(output_dir) / "wandb_run_id"
-        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
         id_file.write_text(run_id + "\n")
         os.environ.setdefault("WANDB_SILENT", "true")
         run = wandb.init(project=wcfg.get("project"), group=wcfg.get("group"), name=wcfg.get("name"), mode=mode,

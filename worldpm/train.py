@@ -276,7 +276,7 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"trainer.max_steps={tcfg.max_steps} must be >= 0")
     if not float(tcfg.lr) > 0:
         raise UserError(f"trainer.lr={tcfg.lr} must be > 0")
-    world = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")))
+    world = int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or os.environ.get("SUBMITIT_LOCAL_NTASKS") or 1)
     if int(tcfg.pairs_per_step) < world:
         raise UserError(f"trainer.pairs_per_step={tcfg.pairs_per_step} is smaller than the {world} ranks of this job: "
                         "every rank needs at least one pair per step")
@@ -434,7 +434,8 @@ def step_metrics(s: dict, counters: dict, grad_norm: float, lr: float, elapsed: 
         "step": counters["step"], "loss": s["loss"] / n, "objective": s["objective"] / n, "accuracy": s["correct"] / n,
         "reward_chosen_mean": s["rc"] / n, "reward_chosen_std": std(s["rc"], s["rc2"]),
         "reward_rejected_mean": s["rr"] / n, "reward_rejected_std": std(s["rr"], s["rr2"]), "margin": s["margin"] / n,
-        "grad_norm": grad_norm, "lr": lr, "tokens_per_s": s["real_tokens"] / elapsed,
+        "grad_norm": grad_norm, "lr": lr, "tokens": int(s["real_tokens"]), "processed_tokens": int(s["processed_tokens"]),
+        "tokens_per_s": s["real_tokens"] / elapsed,
         "padding_fraction": s["pad_tokens"] / max(s["processed_tokens"], 1.0), "step_time_s": elapsed,
         "pairs_seen": counters["pairs_seen"], "tokens_seen": counters["tokens_seen"], "epoch": epoch,
         "skipped": skipped, "skipped_steps": counters["skipped_steps"], "nonfinite_losses": counters["nonfinite_losses"],
@@ -455,4 +456,7 @@ def make_progress(tcfg, dist, total: int, initial: int):
 main = hydra_entry("train")(run)
 
 if __name__ == "__main__":
-    main()
+    # Run the copy imported under its real name: launchers that pickle the task (submitit) then find `run` by reference.
+    from worldpm import train as _importable
+
+    _importable.main()
