@@ -99,3 +99,16 @@ def test_zero3_killed_with_sigkill_resumes_exactly(two_node_run, data, cache, tm
     assert [r["step"] for r in got] == list(range(1, 25))
     assert [r["loss"] for r in got] == pytest.approx([r["loss"] for r in want], abs=1e-6)
     assert [r["grad_norm"] for r in got] == pytest.approx([r["grad_norm"] for r in want], rel=1e-5)
+
+
+def test_the_slurm_path_through_submitit_runs_two_ranks(data, cache, tmp_path):
+    """Hydra's submitit launcher (configs/hydra/launcher/local.yaml: SLURM's code path, tasks on this machine): each task
+    finds its rank from the scheduler's variables and the two train together."""
+    from tests.train_helpers import PYTHON
+
+    out = tmp_path / "run"
+    finish(launch([PYTHON, "-m", "worldpm.train", "-m", "hydra/launcher=local", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                   *overrides(data, out, cache, *COMMON, "deepspeed=zero2", "trainer.max_steps=2", "trainer.eval_every=0",
+                              "trainer.save_hf=false")]))
+    assert [r["step"] for r in metrics(out)[0]] == [1, 2]
+    assert '"world_size": 2' in (out / "final" / "state.json").read_text()

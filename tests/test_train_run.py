@@ -199,7 +199,7 @@ def test_deepspeed_null_and_the_slurm_launcher_configs_compose():
     assert compose("train", ["data.path=x", "deepspeed=zero3", "deepspeed=null"]).get("deepspeed") is None
     zero3 = compose("train", ["data.path=x", "deepspeed=zero3_offload"]).deepspeed.zero_optimization
     assert zero3.stage == 3 and zero3.offload_param.device == "cpu" and zero3.offload_optimizer.device == "cpu"
-    proc = launch([PYTHON, "-m", "worldpm.train", "hydra/launcher=slurm", "model=qwen2.5-72b", "data.path=x", "--cfg", "hydra",
+    proc = launch([PYTHON, "-m", "worldpm.train", "hydra/launcher=slurm", "model=qwen2.5-72b", "data.path=x", "--cfg", "all",
                    "--package", "hydra.launcher", "--resolve"])
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 0, out
