@@ -217,3 +217,14 @@ def test_cli_errors_are_one_line_with_exit_status_2(args, needle):
     lines = [line for line in out.splitlines() if line.strip() and "Setting accelerator" not in line]
     assert proc.returncode == 2, out
     assert len(lines) == 1 and lines[0].startswith("worldpm train: error:") and needle in lines[0], out
+
+
+def test_lr_schedule_warmup_then_constant_or_cosine_to_the_floor():
+    from worldpm.engine import lr_lambda
+
+    cosine = lr_lambda(warmup_steps=4, total_steps=14, schedule="cosine", min_ratio=0.1)
+    assert [cosine(n) for n in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert cosine(4) == pytest.approx(1.0) and cosine(9) == pytest.approx(0.55) and cosine(14) == pytest.approx(0.1)
+    assert cosine(100) == pytest.approx(0.1)
+    constant = lr_lambda(warmup_steps=0, total_steps=10, schedule="constant", min_ratio=0.1)
+    assert {constant(n) for n in range(20)} == {1.0}

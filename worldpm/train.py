@@ -170,7 +170,9 @@ def train(cfg: DictConfig, dist: distributed.Dist, signals: checkpointing.Preemp
 
     # 5. the loop
     engine.train()
-    bad_in_a_row, last_eval_step, last_save_step = 0, None, counters["step"] if resume_from else None
+    bad_in_a_row = 0
+    last_save_step = counters["step"] if resume_from else None
+    last_eval_step = counters["step"] if resume_from and counters["step"] >= max_steps else None  # a finished run, resumed
     world = dist.world_size
     progress = make_progress(tcfg, dist, max_steps, counters["step"])
     center = float(cfg.loss.center_coefficient)
