@@ -266,12 +266,27 @@ def register_varlen_attention() -> str:
     return VARLEN_IMPLEMENTATION
 
 
+def flash_attention_available(model) -> bool:
+    """flash-attn installed, a GPU, and 16-bit weights (the kernel's requirement)."""
+    import importlib.util
+
+    return (torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
+            and model.model.dtype in (torch.bfloat16, torch.float16))
+
+
 def use_attention(model, attention: str, layout: str) -> str:
-    """Switch a RewardModel's backbone to the attention implementation the chosen path needs; returns its name."""
+    """Switch a RewardModel's backbone to the attention implementation the chosen path needs; returns its name.
+
+    `auto` with plain packing takes flash-attention's varlen kernel when it can run (GPU, flash-attn, bf16), else worldpm's
+    segment-wise SDPA; an explicit `model.attn_implementation=flash_attention_2` is kept as it is.
+    """
     path = resolve_attention(attention, layout)
     current = model.config._attn_implementation
     if path != "varlen" or (current.startswith("flash_attention") and layout == "packed"):
         return current
+    if attention == "auto" and layout == "packed" and flash_attention_available(model):
+        model.model.set_attn_implementation("flash_attention_2")
+        return "flash_attention_2"
     register_varlen_attention()
     model.model.set_attn_implementation(VARLEN_IMPLEMENTATION)
     return VARLEN_IMPLEMENTATION
