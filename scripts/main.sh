@@ -13,7 +13,11 @@ echo "== collect: the embedded synthetic Stack Exchange site -> PairRecord shard
 worldpm collect source=stackexchange source.path=data_prep/sample/synthetic.stackexchange.com.7z output_dir="$out/data" \
   pairs.max_per_question=8 split.test_fraction=0.2 workers=2 overwrite=true
 
-#@TRAIN@
+echo "== train: the tiny model on $out/data, 2 CPU ranks under torchrun with DeepSpeed ZeRO-3 (the 72B recipe in miniature)"
+OMP_NUM_THREADS=1 PYTHONWARNINGS="ignore::FutureWarning" torchrun --standalone --nproc_per_node 2 -m worldpm.train \
+  model=tiny deepspeed=zero3 data.path="$out/data" output_dir="$out/train" trainer.resume=never \
+  trainer.max_steps=40 trainer.pairs_per_step=32 trainer.save_every=10 trainer.eval_every=10 trainer.log_every=5 wandb.mode=offline
+echo "   exported $out/train/final; checkpoints labelled by pairs seen in $out/train/checkpoints; metrics in $out/train/metrics.jsonl"
 
 if [ -f "$out/train/final/config.json" ]; then model=(model_path="$out/train/final"); else
   echo "(no trained model at $out/train/final: the later stages use the random-init model=tiny)"; model=(model=tiny); fi

@@ -23,6 +23,18 @@ def config_dir() -> Path:
     raise UserError(f"worldpm's config tree is missing (looked in {_PACKAGE_DIR.parent / 'configs'} and {_PACKAGE_DIR / 'configs'}); reinstall worldpm")
 
 
+def group_overrides(overrides: Sequence[str]) -> list[str]:
+    """`group=null` (e.g. the documented `deepspeed=null`) -> Hydra's `~group`: Hydra itself rejects null for a config group."""
+    out = []
+    for o in overrides:
+        key, sep, value = o.partition("=")
+        if sep and value == "null" and key.isidentifier() and (config_dir() / key).is_dir():
+            out.append(f"~{key}")
+        else:
+            out.append(o)
+    return out
+
+
 def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
     """Compose `configs/<config_name>.yaml` with Hydra overrides; bad overrides become one-line `UserError`s."""
     from hydra import compose as hydra_compose, initialize_config_dir
@@ -33,7 +45,7 @@ def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name=f"worldpm_{config_name}"):
-            return hydra_compose(config_name=config_name, overrides=list(overrides))
+            return hydra_compose(config_name=config_name, overrides=group_overrides(overrides))
     except (HydraException, OmegaConfBaseException) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"bad override for '{config_name}': {first}") from None
@@ -76,6 +88,7 @@ def hydra_entry(config_name: str):
                 fail(config_name, str(exc))
 
         def main() -> None:
+            sys.argv[1:] = group_overrides(sys.argv[1:])
             try:
                 _validate_overrides(config_name, sys.argv[1:])
             except UserError as exc:

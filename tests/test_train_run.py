@@ -1,0 +1,230 @@
+"""The trainer in one process (deepspeed=null): outputs, exact resume after SIGTERM and after a kill during a save, NaN
+handling, the exported model, and one-line errors for bad configs."""
+import json
+import os
+import signal
+import time
+
+import pytest
+import torch
+
+from tests.train_helpers import (PYTHON, eval_loss_of_export, launch, make_data, metrics, overrides, run_in_process)
+
+STEPS = ["trainer.pairs_per_step=8", "trainer.warmup_steps=0", "trainer.lr_schedule=constant", "trainer.lr=3e-3"]
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine, OpenMP threads spinning against other jobs make runs 5x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_data(tmp_path_factory.mktemp("train_run") / "data", 200, 60)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def reference(data, cache, tmp_path_factory):
+    """An uninterrupted 8-step run: the per-step losses every resumed run must reproduce."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    run_in_process(data, out, cache, *STEPS, "trainer.max_steps=8", "trainer.save_every=4", "trainer.eval_every=4",
+                   "wandb.mode=offline", "wandb.project=worldpm-tests", "wandb.name=reference")
+    return out
+
+
+def test_run_layout_state_and_export(reference, data):
+    rows, evals = metrics(reference)
+    assert [r["step"] for r in rows] == list(range(1, 9)) and [e["step"] for e in evals] == [4, 8]
+    for key in ("loss", "accuracy", "reward_chosen_mean", "reward_chosen_std", "reward_rejected_mean", "reward_rejected_std",
+                "margin", "grad_norm", "lr", "tokens_per_s", "padding_fraction", "pairs_seen", "tokens_seen"):
+        assert isinstance(rows[-1][key], (int, float)), key
+    assert rows[-1]["pairs_seen"] == 64 and rows[0]["padding_fraction"] == 0.0 and rows[0]["tokens_per_s"] > 0
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    runs = list((reference / "wandb").glob("offline-run-*/run-*.wandb"))  # wandb offline: no network, rank 0 wrote it
+    assert len(runs) == 1 and (reference / "wandb_run_id").read_text().strip() in runs[0].name
+    ckpts = sorted(p.name for p in (reference / "checkpoints").iterdir())
+    assert ckpts == ["step-00000004", "step-00000008"]
+    state = json.loads((reference / "checkpoints" / "step-00000004" / "state.json").read_text())
+    for key in ("step", "pairs_seen", "tokens_seen", "model_name", "n_params", "n_params_non_embedding", "seed", "data_path"):
+        assert key in state, key
+    assert state["complete"] is True and state["step"] == 4 and state["pairs_seen"] == 32 and state["model_name"] == "tiny"
+    assert 0 < state["n_params_non_embedding"] < state["n_params"]
+    assert (reference / "checkpoints" / "step-00000004" / "hf" / "config.json").exists()
+    final = json.loads((reference / "final" / "state.json").read_text())
+    assert final["step"] == 8 and final["pairs_seen"] == 64 and (reference / "final" / "config.json").exists()
+    # the export scores the held-out pairs exactly as the live model did at the last evaluation
+    loss, acc = eval_loss_of_export(reference / "final", data)
+    assert loss == pytest.approx(evals[-1]["eval/loss"], abs=1e-5) and acc == pytest.approx(evals[-1]["eval/accuracy"])
+    # the step-4 export is a loadable checkpoint with the same held-out loss as the step-4 evaluation
+    assert eval_loss_of_export(reference / "checkpoints" / "step-00000004" / "hf", data)[0] == pytest.approx(evals[0]["eval/loss"], abs=1e-5)
+
+
+def _wait_for_steps(out, n, proc, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"training exited early ({proc.returncode}):\n{proc.stdout.read()[-3000:]}")
+        try:
+            if len(metrics(out)[0]) >= n:
+                return
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+        time.sleep(0.2)
+    raise AssertionError("training did not reach the step in time")
+
+
+def test_sigterm_saves_a_checkpoint_and_the_resumed_run_is_exact(reference, data, cache, tmp_path):
+    out = tmp_path / "run"
+    proc = launch([PYTHON, "-m", "worldpm.train", *overrides(data, out, cache, *STEPS, "trainer.max_steps=1000",
+                                                                "trainer.save_every=0", "trainer.eval_every=0")])
+    _wait_for_steps(out, 3, proc)
+    proc.send_signal(signal.SIGTERM)
+    log = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0, log[-3000:]
+    assert "preemption signal" in log
+    stopped = metrics(out)[0][-1]["step"]
+    assert (out / "checkpoints" / f"step-{stopped:08d}" / "state.json").exists()
+    run_in_process(data, out, cache, *STEPS, "trainer.max_steps=8", "trainer.save_every=0", "trainer.eval_every=0")
+    got, want = metrics(out)[0], metrics(reference)[0]
+    assert [r["step"] for r in got] == list(range(1, 9))
+    assert [r["loss"] for r in got] == pytest.approx([r["loss"] for r in want], abs=1e-6)
+
+
+KILL_DURING_SAVE = """
+import os, sys
+import worldpm.checkpointing as c
+write = c._write_json
+def dying(path, payload):
+    if path.name == "state.json" and payload.get("step") == 4:
+        os._exit(9)  # killed after the engine state and hf/ export were written, before state.json
+    write(path, payload)
+c._write_json = dying
+from worldpm.train import main
+sys.argv = ["worldpm train"] + sys.argv[1:]
+main()
+"""
+
+
+def test_a_kill_during_save_leaves_the_newest_complete_checkpoint_and_resume_is_exact(reference, data, cache, tmp_path):
+    out = tmp_path / "run"
+    proc = launch([PYTHON, "-c", KILL_DURING_SAVE, *overrides(data, out, cache, *STEPS, "trainer.max_steps=8",
+                                                              "trainer.save_every=2", "trainer.eval_every=0")])
+    log = proc.communicate(timeout=240)[0]
+    assert proc.returncode == 9, log[-3000:]
+    names = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert names == [".step-00000004.tmp", "step-00000002"]  # the half-written one never got its final name
+    run_in_process(data, out, cache, *STEPS, "trainer.max_steps=8", "trainer.save_every=2", "trainer.eval_every=0")
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000004", "step-00000006", "step-00000008"]
+    assert [r["loss"] for r in metrics(out)[0]] == pytest.approx([r["loss"] for r in metrics(reference)[0]], abs=1e-6)
+
+
+def _poison(monkeypatch, bad_steps):
+    import worldpm.train as train
+
+    calls = {"n": 0}
+    real = train.bt_loss
+
+    def bt_loss(*args, **kw):  # one micro-batch per step here, so call n is step n + 1
+        calls["n"] += 1
+        loss = real(*args, **kw)
+        return loss * float("nan") if calls["n"] in bad_steps else loss
+
+    monkeypatch.setattr(train, "bt_loss", bt_loss)
+
+
+def _weights(directory):
+    from safetensors.torch import load_file
+
+    return load_file(directory / "hf" / "model.safetensors")
+
+
+def test_a_non_finite_loss_skips_the_step_and_is_counted(monkeypatch, data, cache, tmp_path):
+    _poison(monkeypatch, {3})
+    out = tmp_path / "run"
+    run_in_process(data, out, cache, *STEPS, "trainer.max_steps=5", "trainer.save_every=1", "trainer.keep_last=10",
+                   "trainer.eval_every=0")
+    rows = metrics(out)[0]
+    assert [r["skipped"] for r in rows] == [False, False, True, False, False]
+    assert rows[-1]["skipped_steps"] == 1 and rows[-1]["nonfinite_losses"] == 1
+    ck = out / "checkpoints"
+    before, after, later = _weights(ck / "step-00000002"), _weights(ck / "step-00000003"), _weights(ck / "step-00000004")
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the skipped step changed nothing
+    assert not all(torch.equal(after[k], later[k]) for k in after)  # training went on
+    assert all(torch.isfinite(v).all() for v in later.values())
+
+
+def test_non_finite_steps_in_a_row_abort_with_the_last_good_state_saved(monkeypatch, data, cache, tmp_path):
+    from worldpm.errors import UserError
+
+    _poison(monkeypatch, {3, 4, 5})
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match=r"3 steps in a row had a non-finite loss.*steps 3-5.*step-00000005"):
+        run_in_process(data, out, cache, *STEPS, "trainer.max_steps=10", "trainer.save_every=2", "trainer.keep_last=10",
+                       "trainer.max_bad_steps=3", "trainer.eval_every=0")
+    good, saved = _weights(out / "checkpoints" / "step-00000002"), _weights(out / "checkpoints" / "step-00000005")
+    assert all(torch.equal(good[k], saved[k]) for k in good)
+    assert not (out / "final").exists()
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["data.max_tokens_per_micro_batch=1000"], "data.max_tokens_per_micro_batch=1000 cannot hold one pair"),
+    (["data.path=/no/such/dir"], "data.path=/no/such/dir does not exist"),
+    (["trainer.precision=fp16"], "trainer.precision='fp16'"),
+    (["data.packing=zigzag"], "data.packing='zigzag'"),
+    (["trainer.pairs_per_step=0"], "trainer.pairs_per_step=0"),
+    (["wandb.mode=sometimes"], "wandb.mode='sometimes'"),
+    (["init_from=/no/such/ckpt"], "init_from=/no/such/ckpt"),
+    (["loss.margin_column=gap"], "loss.margin_column='gap'"),
+])
+def test_bad_configs_fail_fast_with_one_line_errors(extra, needle, data, cache, tmp_path):
+    from worldpm.errors import UserError
+
+    with pytest.raises(UserError) as err:
+        run_in_process(data, tmp_path / "run", cache, "trainer.max_steps=1", *extra)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_deepspeed_null_and_the_slurm_launcher_configs_compose():
+    from worldpm.config import compose
+
+    assert compose("train", ["data.path=x", "deepspeed=zero3", "deepspeed=null"]).get("deepspeed") is None
+    zero3 = compose("train", ["data.path=x", "deepspeed=zero3_offload"]).deepspeed.zero_optimization
+    assert zero3.stage == 3 and zero3.offload_param.device == "cpu" and zero3.offload_optimizer.device == "cpu"
+    proc = launch([PYTHON, "-m", "worldpm.train", "hydra/launcher=slurm", "model=qwen2.5-72b", "data.path=x", "--cfg", "all",
+                   "--package", "hydra.launcher", "--resolve"])
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 0, out
+    assert "nodes: 8" in out and "tasks_per_node: 8" in out and "signal_delay_s: 300" in out and "SlurmLauncher" in out
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["model=no-such-model", "data.path=x"], "no-such-model"),
+    (["output_dir=/tmp/x"], "data.path"),
+    (["data.path=/no/such/dir"], "data.path=/no/such/dir does not exist"),
+])
+def test_cli_errors_are_one_line_with_exit_status_2(args, needle):
+    proc = launch([PYTHON, "-m", "worldpm", "train", *args, "wandb.mode=disabled"])
+    out = proc.communicate(timeout=120)[0]
+    lines = [line for line in out.splitlines() if line.strip() and "Setting accelerator" not in line]
+    assert proc.returncode == 2, out
+    assert len(lines) == 1 and lines[0].startswith("worldpm train: error:") and needle in lines[0], out
+
+
+def test_lr_schedule_warmup_then_constant_or_cosine_to_the_floor():
+    from worldpm.engine import lr_lambda
+
+    cosine = lr_lambda(warmup_steps=4, total_steps=14, schedule="cosine", min_ratio=0.1)
+    assert [cosine(n) for n in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert cosine(4) == pytest.approx(1.0) and cosine(9) == pytest.approx(0.55) and cosine(14) == pytest.approx(0.1)
+    assert cosine(100) == pytest.approx(0.1)
+    constant = lr_lambda(warmup_steps=0, total_steps=10, schedule="constant", min_ratio=0.1)
+    assert {constant(n) for n in range(20)} == {1.0}

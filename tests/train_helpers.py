@@ -1,0 +1,95 @@
+"""Shared pieces of the training tests: a learnable fixture dataset, config composition, reading run outputs."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
+
+
+def make_data(directory: Path, train_pairs=400, test_pairs=100, seed=0, lengths="short") -> Path:
+    from data_prep.synthetic_pairs import write_dataset
+
+    if not (directory / "manifest.json").exists():
+        write_dataset(directory, train_pairs, test_pairs, seed=seed, lengths=lengths)
+    return directory
+
+
+def overrides(data: Path, out: Path, cache: Path, *extra: str) -> list[str]:
+    wandb = [] if any(e.startswith("wandb.mode=") for e in extra) else ["wandb.mode=disabled"]
+    return [f"data.path={data}", f"output_dir={out}", f"data.cache_dir={cache}", *wandb, "trainer.progress=false",
+            "trainer.log_every=1", *extra]
+
+
+def run_in_process(data, out, cache, *extra):
+    from worldpm.config import compose
+    from worldpm.train import run
+
+    return run(compose("train", overrides(data, out, cache, *extra)))
+
+
+def env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+            "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+
+
+def launch(cmd: list[str], **kw) -> subprocess.Popen:
+    return subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, **kw)
+
+
+def torchrun_cmd(nproc: int, port: int, *args: str, nnodes: int = 1, node_rank: int = 0, script: str | None = None) -> list[str]:
+    target = [script] if script else ["-m", "worldpm.train"]
+    return [TORCHRUN, f"--nproc_per_node={nproc}", f"--nnodes={nnodes}", f"--node_rank={node_rank}", "--master_addr=127.0.0.1",
+            f"--master_port={port}", *target, *args]
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a launcher and every process under it at once (torchrun puts its workers in sessions of their own)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    procs = root.children(recursive=True) + [root]
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=30)
+
+
+def metrics(out: Path) -> tuple[list[dict], list[dict]]:
+    """(train rows, eval rows) of a run's metrics.jsonl."""
+    rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "loss" in r], [r for r in rows if "eval/loss" in r]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def eval_loss_of_export(model_dir: Path, data: Path, eval_pairs: int = 2000) -> tuple[float, float]:
+    """Held-out BT loss / accuracy of an exported model, recomputed from the test shards with RewardModel.score
+    (padded batches, a different code path from the trainer's packed one), on the same fixed sample the trainer evaluates."""
+    import numpy as np
+    import torch
+
+    from data_prep.records import read_pairs
+    from worldpm.bt_loss import bt_losses
+    from worldpm.reward_model import RewardModel
+
+    rows = read_pairs(Path(data) / "test").to_pylist()
+    keep = sorted(int(i) for i in np.random.default_rng(0).permutation(len(rows))[:eval_pairs])
+    rows = [rows[i] for i in keep]
+    rm = RewardModel.from_pretrained(model_dir)
+    rc = rm.score([r["prompt"] + [{"role": "assistant", "content": r["chosen"]}] for r in rows])
+    rr = rm.score([r["prompt"] + [{"role": "assistant", "content": r["rejected"]}] for r in rows])
+    rc, rr = torch.tensor(rc), torch.tensor(rr)
+    return bt_losses(rc, rr).mean().item(), (rc > rr).float().mean().item()

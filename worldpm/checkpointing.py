@@ -1,0 +1,216 @@
+"""Training checkpoints: resumable state + an exported model, atomic, the last K kept; and preemption signals.
+
+Layout (binding for evaluation and scaling, see CONVENTIONS.md):
+
+    output_dir/checkpoints/step-00000120/
+        deepspeed/ | torch_state.pt      engine state (weights, optimizer, lr schedule), per rank under ZeRO
+        rng/rank-00000.pt ...            every rank's RNG state
+        data.json                        the data stream's position (PairStream.state_dict) and the run counters
+        hf/                              the model in the checkpoint contract, gathered from ZeRO-3 partitions (trainer.save_hf)
+        state.json                       written last: {"step", "pairs_seen", "tokens_seen", ..., "complete": true}
+
+Everything is written into `checkpoints/.step-00000120.tmp/` and the directory is renamed into place only after state.json is
+on disk, so a `step-*` directory is always complete: a kill during a save leaves a `.tmp` directory that the next save (or
+resume) deletes, and the newest complete checkpoint is untouched. The final model, `output_dir/final/`, is written the same way.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import signal
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from worldpm.distributed import Dist, barrier
+from worldpm.errors import UserError
+
+log = logging.getLogger("worldpm.train")
+
+STEP_DIR = re.compile(r"^step-(\d{8})$")
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def complete_checkpoints(output_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (a directory counts only with a state.json that says complete)."""
+    root = Path(output_dir) / "checkpoints"
+    found = []
+    for d in root.glob("step-*") if root.is_dir() else []:
+        if STEP_DIR.match(d.name) and _read_state(d).get("complete") is True:
+            found.append(d)
+    return sorted(found, key=lambda d: int(STEP_DIR.match(d.name).group(1)))
+
+
+def _read_state(directory: Path) -> dict:
+    try:
+        return json.loads((directory / "state.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def resolve_resume(output_dir: Path, resume) -> Path | None:
+    """`trainer.resume`: auto (newest complete checkpoint, if any), never/null, or a checkpoint directory."""
+    if resume in (None, False, "never", "none", "null", ""):
+        return None
+    if str(resume) == "auto":
+        found = complete_checkpoints(output_dir)
+        return found[-1] if found else None
+    path = Path(str(resume))
+    if not (path / "state.json").exists() or _read_state(path).get("complete") is not True:
+        raise UserError(f"trainer.resume={resume} is not a complete checkpoint directory (no state.json with complete=true)")
+    return path
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    with open(path, "w") as f:
+        f.write(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(engine, output_dir: Path, step: int, state: dict, data_state: dict, dist: Dist, export=None, keep_last: int = 3) -> Path:
+    """Write checkpoint `step` atomically (collective: every rank calls it). `export(dir)` writes hf/ (rank 0 writes, all gather)."""
+    root = Path(output_dir) / "checkpoints"
+    final = root / step_name(step)
+    tmp = root / f".{step_name(step)}.tmp"
+    if dist.is_main:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # debris of a save that was killed
+        tmp.mkdir()
+    barrier(dist)
+    if engine.stage is None:
+        if dist.is_main:
+            engine.save_state(tmp)
+    else:
+        engine.save_state(tmp)
+    (tmp / "rng").mkdir(exist_ok=True)
+    torch.save(rng_state(), tmp / "rng" / f"rank-{dist.rank:05d}.pt")
+    if export is not None:
+        export(tmp / "hf")
+    barrier(dist)
+    if dist.is_main:
+        _write_json(tmp / "data.json", data_state)
+        _write_json(tmp / "state.json", {**state, "step": step, "complete": True})
+        _fsync_dir(tmp)
+        if final.exists():  # the same step saved again (e.g. a preemption right after a periodic save)
+            old = root / f".{step_name(step)}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        _fsync_dir(root)
+        for stale in complete_checkpoints(output_dir)[:-keep_last] if keep_last > 0 else []:
+            shutil.rmtree(stale, ignore_errors=True)
+        for debris in root.glob(".step-*.tmp"):
+            if debris != tmp:
+                shutil.rmtree(debris, ignore_errors=True)
+    barrier(dist)
+    return final
+
+
+def load(engine, checkpoint: Path, dist: Dist) -> tuple[dict, dict]:
+    """Restore engine state and this rank's RNG from a checkpoint; returns (state.json, data.json)."""
+    state = _read_state(checkpoint)
+    if state.get("world_size") not in (None, dist.world_size) and engine.stage not in (None,):
+        raise UserError(f"{checkpoint} was written by {state['world_size']} ranks but this job has {dist.world_size}; DeepSpeed "
+                        "ZeRO state is per rank: resume with the same number of ranks")
+    engine.load_state(checkpoint)
+    rng_file = checkpoint / "rng" / f"rank-{dist.rank:05d}.pt"
+    if rng_file.exists():
+        set_rng_state(torch.load(rng_file, weights_only=False))
+    data = json.loads((checkpoint / "data.json").read_text())
+    return state, data
+
+
+def export_final(output_dir: Path, write_model, state: dict, dist: Dist) -> Path | None:
+    """`output_dir/final/`: the model (checkpoint contract) with state.json beside config.json, renamed into place whole."""
+    final = Path(output_dir) / "final"
+    tmp = Path(output_dir) / ".final.tmp"
+    if dist.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+    write_model(tmp)  # collective (ZeRO-3 gathers), rank 0 writes
+    if dist.is_main:
+        _write_json(tmp / "state.json", {**state, "complete": True})
+        _fsync_dir(tmp)
+        if final.exists():
+            old = Path(output_dir) / ".final.old"
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    barrier(dist)
+    return final
+
+
+# ---------------------------------------------------------------------------------------------------------------- signals
+class PreemptionSignals:
+    """SIGTERM / SIGUSR1 (cluster preemption, SLURM's --signal) ask the run to checkpoint at the end of the current step and stop.
+
+    The handler only records the signal; the loop agrees across ranks (any rank signalled = all stop at the same step), saves,
+    then hands the signal to whatever handler was installed before (e.g. submitit's, which requeues the job).
+    """
+
+    SIGNALS = ("SIGTERM", "SIGUSR1")
+
+    def __init__(self):
+        self.received: int | None = None
+        self.previous: dict[int, object] = {}
+        for name in self.SIGNALS:
+            sig = getattr(signal, name, None)
+            if sig is not None:
+                try:
+                    self.previous[sig] = signal.signal(sig, self._handle)
+                except ValueError:  # not the main thread
+                    pass
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def forward(self) -> None:
+        """After the checkpoint: give the signal to the handler that was there before ours (e.g. submitit's requeue)."""
+        handler = self.previous.get(self.received) if self.received is not None else None
+        self.restore()
+        if callable(handler):
+            handler(self.received, None)
