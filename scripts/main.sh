@@ -37,7 +37,10 @@ if [ -d "$out/train/checkpoints" ]; then
   worldpm eval checkpoints=all run_dir="$out/train" "benchmark=[$all]" "${paths[@]}" output_dir="$out/eval-series" style.enabled=false
 fi
 
-#@SCALING@
+if [ -d "$out/eval-series" ]; then
+  echo "== scaling: held-out and benchmark BT loss vs pairs seen over the checkpoint series, power-law fits -> $out/scaling"
+  worldpm scaling "runs=[$out/eval-series]" output_dir="$out/scaling"
+fi
 
 echo "== score: the README's two example conversations, and the held-out pairs (accuracy, BT loss) -> $out/score"
 mkdir -p "$out/score"

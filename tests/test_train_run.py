@@ -228,3 +228,23 @@ def test_lr_schedule_warmup_then_constant_or_cosine_to_the_floor():
     assert cosine(100) == pytest.approx(0.1)
     constant = lr_lambda(warmup_steps=0, total_steps=10, schedule="constant", min_ratio=0.1)
     assert {constant(n) for n in range(20)} == {1.0}
+
+
+def test_old_checkpoints_are_pruned_to_their_export_so_the_series_survives(data, cache, tmp_path):
+    from worldpm.checkpointing import complete_checkpoints
+
+    out = tmp_path / "run"
+    run_in_process(data, out, cache, *STEPS, "trainer.max_steps=4", "trainer.save_every=1", "trainer.keep_last=2",
+                   "trainer.eval_every=0")
+    ck = out / "checkpoints"
+    assert sorted(p.name for p in ck.iterdir()) == [f"step-0000000{i}" for i in (1, 2, 3, 4)]
+    assert [p.name for p in complete_checkpoints(out)] == ["step-00000003", "step-00000004"]  # resumable: the last 2
+    for old in ("step-00000001", "step-00000002"):
+        assert sorted(p.name for p in (ck / old).iterdir()) == ["hf", "state.json"]
+        state = json.loads((ck / old / "state.json").read_text())
+        assert state["complete"] is True and state["resumable"] is False and state["pairs_seen"] == 8 * int(old[-1])
+        eval_loss_of_export(ck / old / "hf", data)  # still a loadable model for the scaling series
+    assert len(list((ck / "step-00000004").iterdir())) > 2
+    run_in_process(data, tmp_path / "run2", cache, *STEPS, "trainer.max_steps=2", "trainer.save_every=1", "trainer.keep_last=1",
+                   "trainer.keep_series=false", "trainer.eval_every=0")
+    assert sorted(p.name for p in (tmp_path / "run2" / "checkpoints").iterdir()) == ["step-00000002"]

@@ -9,6 +9,9 @@ Layout (binding for evaluation and scaling, see CONVENTIONS.md):
         hf/                              the model in the checkpoint contract, gathered from ZeRO-3 partitions (trainer.save_hf)
         state.json                       written last: {"step", "pairs_seen", "tokens_seen", ..., "complete": true}
 
+Only the last `trainer.keep_last` checkpoints stay resumable; older ones are pruned to hf/ + state.json ("resumable": false)
+when `trainer.keep_series` is true, so the whole checkpoint series stays available to `worldpm eval checkpoints=all`.
+
 Everything is written into `checkpoints/.step-00000120.tmp/` and the directory is renamed into place only after state.json is
 on disk, so a `step-*` directory is always complete: a kill during a save leaves a `.tmp` directory that the next save (or
 resume) deletes, and the newest complete checkpoint is untouched. The final model, `output_dir/final/`, is written the same way.
@@ -40,13 +43,31 @@ def step_name(step: int) -> str:
 
 
 def complete_checkpoints(output_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (a directory counts only with a state.json that says complete)."""
+    """Complete, resumable checkpoints, oldest first (a directory counts only with a state.json that says complete and was
+    not pruned down to its hf/ export)."""
     root = Path(output_dir) / "checkpoints"
     found = []
     for d in root.glob("step-*") if root.is_dir() else []:
-        if STEP_DIR.match(d.name) and _read_state(d).get("complete") is True:
+        state = _read_state(d)
+        if STEP_DIR.match(d.name) and state.get("complete") is True and state.get("resumable", True):
             found.append(d)
     return sorted(found, key=lambda d: int(STEP_DIR.match(d.name).group(1)))
+
+
+def prune(checkpoint: Path, keep_series: bool) -> None:
+    """Drop an old checkpoint's resumable state. With keep_series, its hf/ export and state.json stay (marked not
+    resumable): the data-scaling curve is evaluated on every checkpoint of one run, and the export is ~1/8 of the ZeRO state
+    (bf16 weights vs fp32 weights + Adam moments)."""
+    if not (keep_series and (checkpoint / "hf").is_dir()):
+        shutil.rmtree(checkpoint, ignore_errors=True)
+        return
+    state = _read_state(checkpoint)
+    tmp = checkpoint / ".state.json.tmp"
+    _write_json(tmp, {**state, "resumable": False})
+    os.replace(tmp, checkpoint / "state.json")  # first, so an interrupted prune never looks resumable
+    for entry in checkpoint.iterdir():
+        if entry.name not in ("hf", "state.json"):
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
 
 
 def _read_state(directory: Path) -> dict:
@@ -102,7 +123,8 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(engine, output_dir: Path, step: int, state: dict, data_state: dict, dist: Dist, export=None, keep_last: int = 3) -> Path:
+def save(engine, output_dir: Path, step: int, state: dict, data_state: dict, dist: Dist, export=None, keep_last: int = 3,
+         keep_series: bool = True) -> Path:
     """Write checkpoint `step` atomically (collective: every rank calls it). `export(dir)` writes hf/ (rank 0 writes, all gather)."""
     root = Path(output_dir) / "checkpoints"
     final = root / step_name(step)
@@ -136,7 +158,7 @@ def save(engine, output_dir: Path, step: int, state: dict, data_state: dict, dis
             os.replace(tmp, final)
         _fsync_dir(root)
         for stale in complete_checkpoints(output_dir)[:-keep_last] if keep_last > 0 else []:
-            shutil.rmtree(stale, ignore_errors=True)
+            prune(stale, keep_series)
         for debris in root.glob(".step-*.tmp"):
             if debris != tmp:
                 shutil.rmtree(debris, ignore_errors=True)

@@ -137,7 +137,8 @@ def train(cfg: DictConfig, dist: distributed.Dist, signals: checkpointing.Preemp
 
     def save_checkpoint_now() -> Path:
         path = checkpointing.save(engine, out, counters["step"], run_state(), {"stream": stream.state_dict(), "counters": counters},
-                                  dist, export=export_to if tcfg.save_hf else None, keep_last=int(tcfg.keep_last))
+                                  dist, export=export_to if tcfg.save_hf else None, keep_last=int(tcfg.keep_last),
+                                  keep_series=bool(tcfg.keep_series))
         log.info("saved %s", path)
         return path
 
