@@ -123,7 +123,10 @@ def test_a_kill_during_save_leaves_the_newest_complete_checkpoint_and_resume_is_
     names = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert names == [".step-00000004.tmp", "step-00000002"]  # the half-written one never got its final name
     run_in_process(data, out, cache, *STEPS, "trainer.max_steps=8", "trainer.save_every=2", "trainer.eval_every=0")
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000004", "step-00000006", "step-00000008"]
+    from worldpm.checkpointing import complete_checkpoints
+
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [f"step-0000000{i}" for i in (2, 4, 6, 8)]
+    assert [p.name for p in complete_checkpoints(out)] == ["step-00000004", "step-00000006", "step-00000008"]  # keep_last=3
     assert [r["loss"] for r in metrics(out)[0]] == pytest.approx([r["loss"] for r in metrics(reference)[0]], abs=1e-6)
 
 
