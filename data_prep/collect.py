@@ -39,6 +39,7 @@ log = logging.getLogger("worldpm.collect")
 OUTPUT_NAMES = ("train", "test", "stats.json", "rejects.jsonl", "manifest.json", ".work")
 SOURCES = ("stackexchange", "reddit")
 KEPT_ROWS = {"question", "answer", "user", "vote", "submission", "comment"}
+SIGNATURE_BATCH = 256  # threads whose MinHash signatures phase 2 computes in one numpy pass
 
 
 # ------------------------------------------------------------------------------------------------------------------ progress
@@ -51,14 +52,18 @@ class _Bar:
         self.bar = tqdm(total=total_bytes, desc=desc, unit=unit, unit_scale=True, unit_divisor=1000, mininterval=1.0,
                         dynamic_ncols=True, file=sys.stderr, disable=None)
         self.rows, self.bytes, self.t0, self.unit = 0, 0, time.perf_counter(), unit
+        self.shown = 0.0  # when the rows/s postfix was last formatted
 
     def update(self, nbytes: int, nrows: int) -> None:
         self.bar.update(nbytes)
         self.bytes += nbytes
         self.rows += nrows
         if nrows:
-            rate = self.rows / max(time.perf_counter() - self.t0, 1e-9)
-            self.bar.set_postfix_str(f"{self.rows:,} rows, {rate:,.0f} rows/s", refresh=False)
+            now = time.perf_counter()
+            if now - self.shown >= 0.5:  # called once per thread in phases 2 and 3: format the postfix twice a second at most
+                self.shown = now
+                self.bar.set_postfix_str(f"{self.rows:,} rows, {self.rows / max(now - self.t0, 1e-9):,.0f} rows/s",
+                                         refresh=False)
 
     def close(self) -> dict:
         seconds = time.perf_counter() - self.t0
@@ -145,8 +150,7 @@ def _ingest_task(task: dict) -> dict:
 
 # ------------------------------------------------------------------------------------------------------------------ phase 2
 def _process_thread(thread, pcfg, ccfg, ncfg, index, stats):
-    """Contamination audit, length bounds, pairing and MinHash for one thread; None if the thread yields no pair."""
-    from data_prep.near_dedup import signature
+    """Contamination audit, length bounds and pairing for one thread: (record, prompt), or None if the thread yields no pair."""
     from data_prep.pairing import make_pairs, usable_replies
 
     flags = []
@@ -186,15 +190,16 @@ def _process_thread(thread, pcfg, ccfg, ncfg, index, stats):
             if meta.get("contaminated_prompt") or meta["chosen"].get("contaminated") or meta["rejected"].get("contaminated"):
                 flagged.append(r["id"])
         stats.add("contamination", "flagged_pairs_sampled", len(flagged))
-    sig = signature(thread.prompt, int(ncfg.num_perm), int(ncfg.shingle_words)) if ncfg.enabled else None
-    return {"source": thread.source, "domain": thread.domain, "thread_id": thread.thread_id, "rows": rows, "sig": sig,
-            "flagged": flagged}
+    # "sig" (the prompt's MinHash) is filled in by the caller, for many threads at once
+    return {"source": thread.source, "domain": thread.domain, "thread_id": thread.thread_id, "rows": rows, "sig": None,
+            "flagged": flagged}, thread.prompt
 
 
 def _pair_task(task: dict) -> dict:
     import zstandard
 
     from data_prep import reddit, stackexchange
+    from data_prep.near_dedup import signatures
 
     cfg = task["cfg"]
     stats = Stats(cfg["max_rejects"])
@@ -208,13 +213,28 @@ def _pair_task(task: dict) -> dict:
         threads = reddit.reddit_threads(Path(task["db"]), task["lo"], task["hi"], scfg, stats)
     n_threads = n_records = 0
     with open(task["out"], "wb") as raw, zstandard.ZstdCompressor(level=3).stream_writer(raw) as out:
+        pending, prompts = [], []
+
+        def flush():
+            if ncfg.enabled:
+                for record, sig in zip(pending, signatures(prompts, int(ncfg.num_perm), int(ncfg.shingle_words))):
+                    record["sig"] = sig
+            for record in pending:
+                pickle.dump(record, out, protocol=pickle.HIGHEST_PROTOCOL)
+            pending.clear()
+            prompts.clear()
+
         for thread in threads:
             n_threads += 1
-            record = _process_thread(thread, pcfg, ccfg, ncfg, index, stats)
-            if record is not None:
-                pickle.dump(record, out, protocol=pickle.HIGHEST_PROTOCOL)
+            result = _process_thread(thread, pcfg, ccfg, ncfg, index, stats)
+            if result is not None:
+                pending.append(result[0])
+                prompts.append(result[1])
                 n_records += 1
+                if len(pending) >= SIGNATURE_BATCH:
+                    flush()
             progress(0, 1)
+        flush()
     getattr(progress, "flush", lambda: None)()
     return {"out": task["out"], "threads": n_threads, "records": n_records, "stats": stats.state()}
 

@@ -17,22 +17,49 @@ from xxhash import xxh32_intdigest
 
 from data_prep.contamination import words
 
+try:  # the mixing step of datasketch's affine schemes (2.0+); without it, `signatures` uses one MinHash per text
+    from datasketch.minhash import _fmix
+except ImportError:  # pragma: no cover - an older datasketch
+    _fmix = None
+
 
 @lru_cache(maxsize=4)
-def _template(num_perm: int, seed: int):
-    m = MinHash(num_perm=num_perm, seed=seed, hashfunc=xxh32_intdigest)
-    return m.permutations, m.scheme
+def _minhash(num_perm: int, seed: int) -> MinHash:
+    # building the permutations is most of a MinHash's cost on short texts: make one per process and clear() it per text
+    return MinHash(num_perm=num_perm, seed=seed, hashfunc=xxh32_intdigest)
+
+
+def _shingles(text: str, shingle_words: int) -> list[bytes]:
+    tokens = words(text)
+    return [" ".join(tokens[i:i + shingle_words]).encode() for i in range(max(1, len(tokens) - shingle_words + 1))]
 
 
 def signature(text: str, num_perm: int, shingle_words: int, seed: int = 1) -> bytes:
-    tokens = words(text)
-    shingles = {" ".join(tokens[i:i + shingle_words]).encode() for i in range(max(1, len(tokens) - shingle_words + 1))}
-    # building the permutations is most of a MinHash's cost on short texts: make them once per process
-    permutations, scheme = _template(num_perm, seed)
-    # xxh32 (a C function) instead of datasketch's default sha1 wrapper: hashing the shingles was most of the MinHash cost
-    m = MinHash(num_perm=num_perm, seed=seed, hashfunc=xxh32_intdigest, permutations=permutations, scheme=scheme)
-    m.update_batch(sorted(shingles))
+    """datasketch's MinHash of the prompt's word shingles, hashed with xxh32 (a C function, instead of datasketch's default
+    sha1 wrapper: hashing the shingles was most of the cost), as bytes of uint64 values."""
+    m = _minhash(num_perm, seed)
+    m.clear()
+    m.update_batch(_shingles(text, shingle_words))  # a repeated shingle changes no minimum: no need for a set
     return m.hashvalues.astype(np.uint64).tobytes()
+
+
+def signatures(texts: list[str], num_perm: int, shingle_words: int, seed: int = 1) -> list[bytes]:
+    """`signature` of each text, computed for the whole batch at once: the numpy work per MinHash update costs more than
+    the arithmetic on a short prompt, so one permutation pass over the shingles of many texts and one min per text are much
+    cheaper. Reproduces datasketch's 'affine32' scheme (its default since 2.0) with its own permutations and mixing function,
+    and falls back to one MinHash per text for any other scheme or release."""
+    m = _minhash(num_perm, seed)
+    if _fmix is None or getattr(m, "scheme", None) != "affine32" or not texts:
+        return [signature(t, num_perm, shingle_words, seed) for t in texts]
+    hashes: list[int] = []
+    starts = []
+    for text in texts:
+        starts.append(len(hashes))
+        hashes += map(xxh32_intdigest, _shingles(text, shingle_words))
+    a, b = m.permutations
+    hv = _fmix(np.array(hashes, dtype=np.uint32)[:, None], 32)
+    mins = np.minimum.reduceat(hv * a + b, starts, axis=0)  # uint32 arithmetic wraps, as in datasketch
+    return [row.tobytes() for row in mins.astype(np.uint64)]
 
 
 class NearDuplicateIndex:
@@ -45,16 +72,15 @@ class NearDuplicateIndex:
                               "CREATE TABLE bands (band INTEGER, key BLOB, thread INTEGER, PRIMARY KEY (band, key)) WITHOUT ROWID;"
                               "CREATE TABLE sigs (thread INTEGER PRIMARY KEY, sig BLOB);")
         self.n = 0
+        # every band looked up in one statement (one primary-key probe each): a statement per band cost more than the probes
+        self.lookup = " UNION ALL ".join(["SELECT thread FROM bands WHERE band = ? AND key = ?"] * self.bands)
 
     def seen(self, sig: bytes) -> bool:
         """True if a near-duplicate was indexed before; otherwise index this signature and return False."""
         values = np.frombuffer(sig, dtype=np.uint64)
-        keys = [(b, values[b * self.rows:(b + 1) * self.rows].tobytes()) for b in range(self.bands)]
-        candidates = set()
-        for band, key in keys:
-            row = self.db.execute("SELECT thread FROM bands WHERE band = ? AND key = ?", (band, key)).fetchone()
-            if row:
-                candidates.add(row[0])
+        width = self.rows * values.itemsize
+        keys = [(b, sig[b * width:(b + 1) * width]) for b in range(self.bands)]
+        candidates = {row[0] for row in self.db.execute(self.lookup, [x for key in keys for x in key])}
         for cand in sorted(candidates):
             other = np.frombuffer(self.db.execute("SELECT sig FROM sigs WHERE thread = ?", (cand,)).fetchone()[0], dtype=np.uint64)
             if float(np.mean(other == values)) >= self.threshold:
