@@ -39,7 +39,6 @@ log = logging.getLogger("worldpm.collect")
 OUTPUT_NAMES = ("train", "test", "stats.json", "rejects.jsonl", "manifest.json", ".work")
 SOURCES = ("stackexchange", "reddit")
 KEPT_ROWS = {"question", "answer", "user", "vote", "submission", "comment"}
-SIGNATURE_BATCH = 256  # threads whose MinHash signatures phase 2 computes in one numpy pass
 
 
 # ------------------------------------------------------------------------------------------------------------------ progress
@@ -150,7 +149,8 @@ def _ingest_task(task: dict) -> dict:
 
 # ------------------------------------------------------------------------------------------------------------------ phase 2
 def _process_thread(thread, pcfg, ccfg, ncfg, index, stats):
-    """Contamination audit, length bounds and pairing for one thread: (record, prompt), or None if the thread yields no pair."""
+    """Contamination audit, length bounds, pairing and MinHash for one thread; None if the thread yields no pair."""
+    from data_prep.near_dedup import signature
     from data_prep.pairing import make_pairs, usable_replies
 
     flags = []
@@ -190,16 +190,15 @@ def _process_thread(thread, pcfg, ccfg, ncfg, index, stats):
             if meta.get("contaminated_prompt") or meta["chosen"].get("contaminated") or meta["rejected"].get("contaminated"):
                 flagged.append(r["id"])
         stats.add("contamination", "flagged_pairs_sampled", len(flagged))
-    # "sig" (the prompt's MinHash) is filled in by the caller, for many threads at once
-    return {"source": thread.source, "domain": thread.domain, "thread_id": thread.thread_id, "rows": rows, "sig": None,
-            "flagged": flagged}, thread.prompt
+    sig = signature(thread.prompt, int(ncfg.num_perm), int(ncfg.shingle_words)) if ncfg.enabled else None
+    return {"source": thread.source, "domain": thread.domain, "thread_id": thread.thread_id, "rows": rows, "sig": sig,
+            "flagged": flagged}
 
 
 def _pair_task(task: dict) -> dict:
     import zstandard
 
     from data_prep import reddit, stackexchange
-    from data_prep.near_dedup import signatures
 
     cfg = task["cfg"]
     stats = Stats(cfg["max_rejects"])
@@ -213,28 +212,13 @@ def _pair_task(task: dict) -> dict:
         threads = reddit.reddit_threads(Path(task["db"]), task["lo"], task["hi"], scfg, stats)
     n_threads = n_records = 0
     with open(task["out"], "wb") as raw, zstandard.ZstdCompressor(level=3).stream_writer(raw) as out:
-        pending, prompts = [], []
-
-        def flush():
-            if ncfg.enabled:
-                for record, sig in zip(pending, signatures(prompts, int(ncfg.num_perm), int(ncfg.shingle_words))):
-                    record["sig"] = sig
-            for record in pending:
-                pickle.dump(record, out, protocol=pickle.HIGHEST_PROTOCOL)
-            pending.clear()
-            prompts.clear()
-
         for thread in threads:
             n_threads += 1
-            result = _process_thread(thread, pcfg, ccfg, ncfg, index, stats)
-            if result is not None:
-                pending.append(result[0])
-                prompts.append(result[1])
+            record = _process_thread(thread, pcfg, ccfg, ncfg, index, stats)
+            if record is not None:
+                pickle.dump(record, out, protocol=pickle.HIGHEST_PROTOCOL)
                 n_records += 1
-                if len(pending) >= SIGNATURE_BATCH:
-                    flush()
             progress(0, 1)
-        flush()
     getattr(progress, "flush", lambda: None)()
     return {"out": task["out"], "threads": n_threads, "records": n_records, "stats": stats.state()}
 

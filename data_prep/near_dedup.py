@@ -17,11 +17,6 @@ from xxhash import xxh32_intdigest
 
 from data_prep.contamination import words
 
-try:  # the mixing step of datasketch's affine schemes (2.0+); without it, `signatures` uses one MinHash per text
-    from datasketch.minhash import _fmix
-except ImportError:  # pragma: no cover - an older datasketch
-    _fmix = None
-
 
 @lru_cache(maxsize=4)
 def _minhash(num_perm: int, seed: int) -> MinHash:
@@ -41,25 +36,6 @@ def signature(text: str, num_perm: int, shingle_words: int, seed: int = 1) -> by
     m.clear()
     m.update_batch(_shingles(text, shingle_words))  # a repeated shingle changes no minimum: no need for a set
     return m.hashvalues.astype(np.uint64).tobytes()
-
-
-def signatures(texts: list[str], num_perm: int, shingle_words: int, seed: int = 1) -> list[bytes]:
-    """`signature` of each text, computed for the whole batch at once: the numpy work per MinHash update costs more than
-    the arithmetic on a short prompt, so one permutation pass over the shingles of many texts and one min per text are much
-    cheaper. Reproduces datasketch's 'affine32' scheme (its default since 2.0) with its own permutations and mixing function,
-    and falls back to one MinHash per text for any other scheme or release."""
-    m = _minhash(num_perm, seed)
-    if _fmix is None or getattr(m, "scheme", None) != "affine32" or not texts:
-        return [signature(t, num_perm, shingle_words, seed) for t in texts]
-    hashes: list[int] = []
-    starts = []
-    for text in texts:
-        starts.append(len(hashes))
-        hashes += map(xxh32_intdigest, _shingles(text, shingle_words))
-    a, b = m.permutations
-    hv = _fmix(np.array(hashes, dtype=np.uint32)[:, None], 32)
-    mins = np.minimum.reduceat(hv * a + b, starts, axis=0)  # uint32 arithmetic wraps, as in datasketch
-    return [row.tobytes() for row in mins.astype(np.uint64)]
 
 
 class NearDuplicateIndex:
