@@ -117,6 +117,8 @@ def usable_replies(thread: Thread, cfg, stats: Stats, block: str = "replies") ->
     return keep
 
 
+# what json.dumps(meta, ensure_ascii=False, sort_keys=True) builds on every call, built once
+_META_JSON = json.JSONEncoder(ensure_ascii=False, sort_keys=True)
 # from this many replies on, the pair scan runs in numpy (a thread of n replies has n(n-1)/2 pairs; below, the loop is cheaper)
 VECTOR_MIN_REPLIES = 16
 
@@ -165,7 +167,7 @@ def make_pairs(thread: Thread, replies: list[Reply], cfg, stats: Stats) -> list[
     """PairRecord rows for one thread. Every unordered reply pair is counted in block `pairs` under one outcome:
     equal_score, score_gap_below_min, preferred_written_earlier, over_max_per_question or sampled."""
     rule, gap = cfg.score_rule, float(cfg.min_score_gap)
-    scores = [effective_score(r, rule) for r in replies]
+    scores = [float(r.score) for r in replies] if rule == "net" else [effective_score(r, rule) for r in replies]
     if cfg.order_rule == "preferred_not_earlier" or len(replies) < VECTOR_MIN_REPLIES:
         candidates, equal, below_gap, earlier = _candidates_loop(scores, replies, gap, cfg.order_rule)
     else:
@@ -193,6 +195,6 @@ def make_pairs(thread: Thread, replies: list[Reply], cfg, stats: Stats) -> list[
             "source": thread.source, "domain": thread.domain, "thread_id": thread.thread_id, "prompt": prompt,
             "chosen": chosen.text, "rejected": rejected.text,
             "chosen_score": scores[c], "rejected_score": scores[r],
-            "meta": json.dumps(meta, ensure_ascii=False, sort_keys=True),
+            "meta": _META_JSON.encode(meta),
         })
     return rows
