@@ -211,7 +211,7 @@ def _pair_task(task: dict) -> dict:
     else:
         threads = reddit.reddit_threads(Path(task["db"]), task["lo"], task["hi"], scfg, stats)
     n_threads = n_records = 0
-    with open(task["out"], "wb") as raw, zstandard.ZstdCompressor(level=3).stream_writer(raw) as out:
+    with open(task["out"], "wb") as raw, zstandard.ZstdCompressor(level=1).stream_writer(raw) as out:
         for thread in threads:
             n_threads += 1
             record = _process_thread(thread, pcfg, ccfg, ncfg, index, stats)
