@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
 
 from data_prep.accounting import Stats
 from data_prep.errors import CollectError
-from functools import partial
-
 from data_prep.html_markdown import html_to_markdown, surely_nonempty
 from data_prep.inputs import SiteInput, table_chunks
 from data_prep.pairing import Reply, Thread
@@ -261,7 +260,8 @@ def site_threads(site: str, db_path: Path, posts_label: str, lo: int, hi: int, c
     """Questions with id in [lo, hi] and their answers, in id order, as Threads (HTML converted to markdown).
 
     Counts each question in block `questions` (dropped here with a reason, or passed on) and each answer in block `replies`.
-    Answers of questions that cannot form any pair are not converted (that is most of the cost)."""
+    Answers of questions that cannot form any pair are never converted, and the others only when first needed (`Reply.text`):
+    converting is most of the cost, and with `pairs.max_per_question` most answers of a long thread never reach a pair."""
     db = connect(db_path, readonly=True)
     base = f"https://{site}"
     try:
