@@ -51,14 +51,18 @@ class _Bar:
         self.bar = tqdm(total=total_bytes, desc=desc, unit=unit, unit_scale=True, unit_divisor=1000, mininterval=1.0,
                         dynamic_ncols=True, file=sys.stderr, disable=None)
         self.rows, self.bytes, self.t0, self.unit = 0, 0, time.perf_counter(), unit
+        self.shown = 0.0  # when the rows/s postfix was last formatted
 
     def update(self, nbytes: int, nrows: int) -> None:
         self.bar.update(nbytes)
         self.bytes += nbytes
         self.rows += nrows
         if nrows:
-            rate = self.rows / max(time.perf_counter() - self.t0, 1e-9)
-            self.bar.set_postfix_str(f"{self.rows:,} rows, {rate:,.0f} rows/s", refresh=False)
+            now = time.perf_counter()
+            if now - self.shown >= 0.5:  # called once per thread in phases 2 and 3: format the postfix twice a second at most
+                self.shown = now
+                self.bar.set_postfix_str(f"{self.rows:,} rows, {self.rows / max(now - self.t0, 1e-9):,.0f} rows/s",
+                                         refresh=False)
 
     def close(self) -> dict:
         seconds = time.perf_counter() - self.t0
@@ -207,7 +211,7 @@ def _pair_task(task: dict) -> dict:
     else:
         threads = reddit.reddit_threads(Path(task["db"]), task["lo"], task["hi"], scfg, stats)
     n_threads = n_records = 0
-    with open(task["out"], "wb") as raw, zstandard.ZstdCompressor(level=3).stream_writer(raw) as out:
+    with open(task["out"], "wb") as raw, zstandard.ZstdCompressor(level=1).stream_writer(raw) as out:
         for thread in threads:
             n_threads += 1
             record = _process_thread(thread, pcfg, ccfg, ncfg, index, stats)

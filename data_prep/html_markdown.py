@@ -79,3 +79,10 @@ def html_to_markdown(html: str, converter: str = "html_to_markdown") -> str:
     if not html or not html.strip():
         return ""
     return _BLANKS.sub("\n\n", _converter(converter)(html)).strip()
+
+
+def surely_nonempty(html: str) -> bool:
+    """True only when the markdown of `html` cannot be empty, decided without converting it: the body opens with a bare <p>
+    whose text starts with a letter or digit, which either converter keeps (most post bodies look like this). False means
+    "convert it to find out", not "empty"."""
+    return html.startswith("<p>") and len(html) > 3 and html[3].isalnum()

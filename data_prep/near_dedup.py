@@ -19,19 +19,22 @@ from data_prep.contamination import words
 
 
 @lru_cache(maxsize=4)
-def _template(num_perm: int, seed: int):
-    m = MinHash(num_perm=num_perm, seed=seed, hashfunc=xxh32_intdigest)
-    return m.permutations, m.scheme
+def _minhash(num_perm: int, seed: int) -> MinHash:
+    # building the permutations is most of a MinHash's cost on short texts: make one per process and clear() it per text
+    return MinHash(num_perm=num_perm, seed=seed, hashfunc=xxh32_intdigest)
+
+
+def _shingles(text: str, shingle_words: int) -> list[bytes]:
+    tokens = words(text)
+    return [" ".join(tokens[i:i + shingle_words]).encode() for i in range(max(1, len(tokens) - shingle_words + 1))]
 
 
 def signature(text: str, num_perm: int, shingle_words: int, seed: int = 1) -> bytes:
-    tokens = words(text)
-    shingles = {" ".join(tokens[i:i + shingle_words]).encode() for i in range(max(1, len(tokens) - shingle_words + 1))}
-    # building the permutations is most of a MinHash's cost on short texts: make them once per process
-    permutations, scheme = _template(num_perm, seed)
-    # xxh32 (a C function) instead of datasketch's default sha1 wrapper: hashing the shingles was most of the MinHash cost
-    m = MinHash(num_perm=num_perm, seed=seed, hashfunc=xxh32_intdigest, permutations=permutations, scheme=scheme)
-    m.update_batch(sorted(shingles))
+    """datasketch's MinHash of the prompt's word shingles, hashed with xxh32 (a C function, instead of datasketch's default
+    sha1 wrapper: hashing the shingles was most of the cost), as bytes of uint64 values."""
+    m = _minhash(num_perm, seed)
+    m.clear()
+    m.update_batch(_shingles(text, shingle_words))  # a repeated shingle changes no minimum: no need for a set
     return m.hashvalues.astype(np.uint64).tobytes()
 
 
@@ -45,16 +48,15 @@ class NearDuplicateIndex:
                               "CREATE TABLE bands (band INTEGER, key BLOB, thread INTEGER, PRIMARY KEY (band, key)) WITHOUT ROWID;"
                               "CREATE TABLE sigs (thread INTEGER PRIMARY KEY, sig BLOB);")
         self.n = 0
+        # every band looked up in one statement (one primary-key probe each): a statement per band cost more than the probes
+        self.lookup = " UNION ALL ".join(["SELECT thread FROM bands WHERE band = ? AND key = ?"] * self.bands)
 
     def seen(self, sig: bytes) -> bool:
         """True if a near-duplicate was indexed before; otherwise index this signature and return False."""
         values = np.frombuffer(sig, dtype=np.uint64)
-        keys = [(b, values[b * self.rows:(b + 1) * self.rows].tobytes()) for b in range(self.bands)]
-        candidates = set()
-        for band, key in keys:
-            row = self.db.execute("SELECT thread FROM bands WHERE band = ? AND key = ?", (band, key)).fetchone()
-            if row:
-                candidates.add(row[0])
+        width = self.rows * values.itemsize
+        keys = [(b, sig[b * width:(b + 1) * width]) for b in range(self.bands)]
+        candidates = {row[0] for row in self.db.execute(self.lookup, [x for key in keys for x in key])}
         for cand in sorted(candidates):
             other = np.frombuffer(self.db.execute("SELECT sig FROM sigs WHERE thread = ?", (cand,)).fetchone()[0], dtype=np.uint64)
             if float(np.mean(other == values)) >= self.threshold:

@@ -12,21 +12,50 @@ import json
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from functools import lru_cache
+from typing import Any, Callable
+
+import numpy as np
 
 from data_prep.accounting import Stats
 from data_prep.records import pair_id
 
 
-@dataclass
 class Reply:
-    id: str
-    text: str                      # markdown
-    score: float                   # net votes (Score) or the source's score
-    created: Any = None            # ISO date (Stack Exchange) or epoch seconds (Reddit)
-    accepted: bool = False
-    upvotes: int | None = None     # exact upvotes (Votes.xml), when known
-    meta: dict = field(default_factory=dict)
+    """One reply: markdown `text`, the evidence and provenance `meta`. A reader may give the text as `html` plus a `convert`
+    function instead, and the meta as a `make_meta` function: they are then made on first use, since most replies of a long
+    thread never reach a sampled pair. Such a reader says whether the text is `surely_nonempty` (decided from the HTML without
+    converting it), which is all the default length bounds need to know."""
+
+    __slots__ = ("id", "_text", "score", "created", "accepted", "upvotes", "_meta", "_html", "_convert", "_make_meta",
+                 "surely_nonempty")
+
+    def __init__(self, id: str, text: str | None, score: float, created: Any = None, accepted: bool = False,
+                 upvotes: int | None = None, meta: dict | None = None, *, html: str | None = None,
+                 convert: Callable[[str], str] | None = None, make_meta: Callable[[], dict] | None = None,
+                 surely_nonempty: bool = False):
+        if text is None and (html is None or convert is None):
+            raise ValueError("a Reply needs its text, or its html and a convert function")
+        self.id, self._text, self.score, self.created = id, text, score, created
+        self.accepted, self.upvotes = accepted, upvotes
+        self._meta = {} if meta is None and make_meta is None else meta
+        self._html, self._convert, self._make_meta, self.surely_nonempty = html, convert, make_meta, surely_nonempty
+
+    @property
+    def text(self) -> str:  # markdown
+        if self._text is None:
+            self._text, self._html = self._convert(self._html), None
+        return self._text
+
+    @property
+    def converted(self) -> bool:
+        return self._text is not None
+
+    @property
+    def meta(self) -> dict:
+        if self._meta is None:
+            self._meta = self._make_meta()
+        return self._meta
 
 
 @dataclass
@@ -71,7 +100,11 @@ def usable_replies(thread: Thread, cfg, stats: Stats, block: str = "replies") ->
     """Length bounds on the markdown text; each reply is counted as kept or dropped with its reason."""
     keep = []
     lo, hi = int(cfg.min_reply_chars or 0), cfg.max_reply_chars
+    trivial_bounds = lo <= 1 and hi is None  # then only an empty text is dropped
     for r in thread.replies:
+        if trivial_bounds and not r.converted and r.surely_nonempty:
+            keep.append(r)  # kept without converting: its text is made only if it lands in a pair
+            continue
         n = len(r.text)
         if n == 0:
             stats.drop(block, "empty_after_conversion", {**thread.position, "id": r.id})
@@ -84,25 +117,65 @@ def usable_replies(thread: Thread, cfg, stats: Stats, block: str = "replies") ->
     return keep
 
 
+# what json.dumps(meta, ensure_ascii=False, sort_keys=True) builds on every call, built once
+_META_JSON = json.JSONEncoder(ensure_ascii=False, sort_keys=True)
+# from this many replies on, the pair scan runs in numpy (a thread of n replies has n(n-1)/2 pairs; below, the loop is cheaper)
+VECTOR_MIN_REPLIES = 16
+
+
+def _candidates_loop(scores: list[float], replies: list[Reply], gap: float, order_rule) -> tuple[list, int, int, int]:
+    """(chosen index, rejected index) of every unordered reply pair (i < j, in that order) that passes the rules, and the
+    counts of those that fail each."""
+    candidates = []
+    equal = below_gap = earlier = 0
+    order = order_rule == "preferred_not_earlier"
+    for i in range(len(scores)):
+        for j in range(i + 1, len(scores)):
+            if scores[i] == scores[j]:
+                equal += 1
+                continue
+            hi_, lo_ = (i, j) if scores[i] > scores[j] else (j, i)
+            if scores[hi_] - scores[lo_] < gap:
+                below_gap += 1
+                continue
+            if order and replies[hi_].created < replies[lo_].created:
+                earlier += 1
+                continue
+            candidates.append((hi_, lo_))
+    return candidates, equal, below_gap, earlier
+
+
+@lru_cache(maxsize=256)
+def _pairs_of(n: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.triu_indices(n, 1)  # row-major: the loop's (i, j) order
+
+
+def _candidates_numpy(scores: list[float], gap: float) -> tuple[list, int, int]:
+    """`_candidates_loop` without the order rule, for long threads: the same pairs in the same order."""
+    s = np.asarray(scores, dtype=np.float64)
+    i, j = _pairs_of(len(s))
+    si, sj = s[i], s[j]
+    equal = si == sj
+    i_wins = si > sj
+    hi_, lo_ = np.where(i_wins, i, j), np.where(i_wins, j, i)
+    below = ~equal & (s[hi_] - s[lo_] < gap)
+    keep = ~equal & ~below
+    return list(zip(hi_[keep].tolist(), lo_[keep].tolist())), int(equal.sum()), int(below.sum())
+
+
 def make_pairs(thread: Thread, replies: list[Reply], cfg, stats: Stats) -> list[dict]:
     """PairRecord rows for one thread. Every unordered reply pair is counted in block `pairs` under one outcome:
     equal_score, score_gap_below_min, preferred_written_earlier, over_max_per_question or sampled."""
     rule, gap = cfg.score_rule, float(cfg.min_score_gap)
-    scores = [effective_score(r, rule) for r in replies]
-    candidates = []
-    for i in range(len(replies)):
-        for j in range(i + 1, len(replies)):
-            if scores[i] == scores[j]:
-                stats.add("pairs", "equal_score")
-                continue
-            hi_, lo_ = (i, j) if scores[i] > scores[j] else (j, i)
-            if scores[hi_] - scores[lo_] < gap:
-                stats.add("pairs", "score_gap_below_min")
-                continue
-            if cfg.order_rule == "preferred_not_earlier" and replies[hi_].created < replies[lo_].created:
-                stats.add("pairs", "preferred_written_earlier")
-                continue
-            candidates.append((hi_, lo_))
+    scores = [float(r.score) for r in replies] if rule == "net" else [effective_score(r, rule) for r in replies]
+    if cfg.order_rule == "preferred_not_earlier" or len(replies) < VECTOR_MIN_REPLIES:
+        candidates, equal, below_gap, earlier = _candidates_loop(scores, replies, gap, cfg.order_rule)
+    else:
+        candidates, equal, below_gap = _candidates_numpy(scores, gap)
+        earlier = 0
+    stats.add("pairs", "equal_score", equal)
+    stats.add("pairs", "score_gap_below_min", below_gap)
+    stats.add("pairs", "preferred_written_earlier", earlier)
     limit = cfg.max_per_question
     if limit is not None and len(candidates) > int(limit):
         rng = random.Random(thread_seed(int(cfg.seed), thread.source, thread.domain, thread.thread_id))
@@ -122,6 +195,6 @@ def make_pairs(thread: Thread, replies: list[Reply], cfg, stats: Stats) -> list[
             "source": thread.source, "domain": thread.domain, "thread_id": thread.thread_id, "prompt": prompt,
             "chosen": chosen.text, "rejected": rejected.text,
             "chosen_score": scores[c], "rejected_score": scores[r],
-            "meta": json.dumps(meta, ensure_ascii=False, sort_keys=True),
+            "meta": _META_JSON.encode(meta),
         })
     return rows

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import re
 import sqlite3
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
 
 from data_prep.accounting import Stats
 from data_prep.errors import CollectError
-from data_prep.html_markdown import html_to_markdown
+from data_prep.html_markdown import html_to_markdown, surely_nonempty
 from data_prep.inputs import SiteInput, table_chunks
 from data_prep.pairing import Reply, Thread
 from data_prep.xml_rows import BadRow, iter_rows
@@ -55,13 +56,6 @@ def split_tags(tags: str | None) -> list[str]:
     return [t for t in _TAGS.split(tags[1:-1]) if t]
 
 
-def _int(attrs: dict, key: str):
-    value = attrs.get(key)
-    if value is None:
-        return None
-    return int(value)
-
-
 # -------------------------------------------------------------------------------------------------------------- phase 1: ingest
 def _rows(source, root: str, stats: Stats, table: str, max_row_bytes: int, progress: Callable[[int, int], None]):
     """(line, attrs) of good rows; bad rows are counted in block rows.<table> and sampled."""
@@ -71,16 +65,18 @@ def _rows(source, root: str, stats: Stats, table: str, max_row_bytes: int, progr
             yield chunk
 
     n = 0
-    for line, row in iter_rows(counted(), source.label, root, max_row_bytes):
-        stats.add(f"rows.{table}", "read")
-        n += 1
-        if n % 5000 == 0:
-            progress(0, 5000)
-        if isinstance(row, BadRow):
-            stats.drop(f"rows.{table}", row.reason, {"file": source.label, "line": line, "detail": row.detail,
-                                                      "excerpt": row.excerpt})
-            continue
-        yield line, row
+    block = f"rows.{table}"
+    try:
+        for line, row in iter_rows(counted(), source.label, root, max_row_bytes):
+            n += 1
+            if n % 5000 == 0:
+                progress(0, 5000)
+            if isinstance(row, BadRow):
+                stats.drop(block, row.reason, {"file": source.label, "line": line, "detail": row.detail, "excerpt": row.excerpt})
+                continue
+            yield line, row
+    finally:
+        stats.add(block, "read", n)  # once, not per row
     progress(0, n % 5000)
 
 
@@ -125,48 +121,60 @@ def _ingest_votes(db, source, stats, cfg, progress):
     flush()
 
 
-def _check_post(attrs: dict) -> tuple[str | None, tuple | None]:
-    """(drop reason, None) or (None, parsed fields)."""
-    try:
-        pid = _int(attrs, "Id")
-    except ValueError:
-        return "bad_Id", None
+def _check_post(attrs) -> tuple[str | None, tuple | None]:
+    """(drop reason, None) or (None, parsed fields). The first failing check names the reason. Written flat, with one lookup
+    per attribute: it runs once per row of the dump."""
+    get = attrs.get
+    pid = get("Id")
     if pid is None:
         return "missing_Id", None
     try:
-        kind = _int(attrs, "PostTypeId")
+        pid = int(pid)
     except ValueError:
-        return "bad_PostTypeId", None
-    if kind not in (1, 2):
+        return "bad_Id", None
+    kind = get("PostTypeId")
+    if kind is not None:
+        try:
+            kind = int(kind)
+        except ValueError:
+            return "bad_PostTypeId", None
+    if kind != 1 and kind != 2:
         return ("missing_PostTypeId" if kind is None else "other_post_type"), None
-    if "Score" not in attrs:
+    score = get("Score")
+    if score is None:
         return "missing_Score", None
     try:
-        score = int(attrs["Score"])
+        score = int(score)
     except ValueError:
         return "bad_Score", None
-    body = attrs.get("Body") or ""
-    if not body.strip():
+    body = get("Body") or ""
+    if body.isspace() or not body:  # the same test as `not body.strip()`, without copying the body
         return "empty_body", None
-    title = attrs.get("Title") or ""
-    if _INVALID.search(body) or _INVALID.search(title):
+    title = get("Title") or ""
+    if _INVALID.search(body) or (title and _INVALID.search(title)):
         return "invalid_characters", None
     try:
-        owner = _int(attrs, "OwnerUserId")
+        owner = get("OwnerUserId")
+        if owner is not None:
+            owner = int(owner)
         if kind == 1:
-            if not title.strip():
+            if not title or title.isspace():
                 return "missing_Title", None
-            accepted = _int(attrs, "AcceptedAnswerId")
-            return None, (1, pid, score, title, body, attrs.get("Tags"), owner, attrs.get("OwnerDisplayName"), accepted,
-                          attrs.get("CreationDate"), attrs.get("ClosedDate"), "CommunityOwnedDate" in attrs,
-                          attrs.get("ContentLicense"))
-        parent = _int(attrs, "ParentId")
+            accepted = get("AcceptedAnswerId")
+            if accepted is not None:
+                accepted = int(accepted)
+            return None, (1, pid, score, title, body, get("Tags"), owner, get("OwnerDisplayName"), accepted,
+                          get("CreationDate"), get("ClosedDate"), get("CommunityOwnedDate") is not None,
+                          get("ContentLicense"))
+        parent = get("ParentId")
+        if parent is not None:
+            parent = int(parent)
     except ValueError as exc:
         return "bad_attribute", (str(exc),)
     if parent is None:
         return "missing_ParentId", None
-    return None, (2, pid, score, parent, body, owner, attrs.get("OwnerDisplayName"), attrs.get("CreationDate"),
-                  "CommunityOwnedDate" in attrs, attrs.get("ContentLicense"))
+    return None, (2, pid, score, parent, body, owner, get("OwnerDisplayName"), get("CreationDate"),
+                  get("CommunityOwnedDate") is not None, get("ContentLicense"))
 
 
 def _ingest_posts(db, source, stats, cfg, progress):
@@ -252,7 +260,8 @@ def site_threads(site: str, db_path: Path, posts_label: str, lo: int, hi: int, c
     """Questions with id in [lo, hi] and their answers, in id order, as Threads (HTML converted to markdown).
 
     Counts each question in block `questions` (dropped here with a reason, or passed on) and each answer in block `replies`.
-    Answers of questions that cannot form any pair are not converted (that is most of the cost)."""
+    Answers of questions that cannot form any pair are never converted, and the others only when first needed (`Reply.text`):
+    converting is most of the cost, and with `pairs.max_per_question` most answers of a long thread never reach a pair."""
     db = connect(db_path, readonly=True)
     base = f"https://{site}"
     try:
@@ -284,6 +293,11 @@ def _author(base: str, uid, name) -> dict:
     return {"author": name, "author_url": f"{base}/users/{uid}" if uid is not None and uid >= 0 else None}
 
 
+def _answer_meta(base, aid, owner, name, lic, created, up, down) -> dict:
+    return {"url": f"{base}/a/{aid}", **_author(base, owner, name), "license": lic, "created": created,
+            **({"upvotes": up, "downvotes": down} if up is not None else {})}
+
+
 def _thread(site, base, label, q, group, cfg, stats) -> Thread | None:
     qid, line, score, title, body, tags, owner, owner_name, accepted_id, created, closed, wiki, lic = q
     position = {"file": label, "line": line, "id": str(qid)}
@@ -312,15 +326,16 @@ def _thread(site, base, label, q, group, cfg, stats) -> Thread | None:
     if len(kept) < 2 or (cfg.score_rule == "net" and len({a[3] for a in kept}) < 2):
         stats.add("replies", "no_pair_possible", len(kept))
         return drop_question("fewer_than_2_answers" if len(kept) < 2 else "all_answers_same_score", 0)
-    body_md = html_to_markdown(body, cfg.converter)
+    convert = partial(html_to_markdown, converter=cfg.converter)
+    body_md = convert(body)
     title = " ".join(title.split())
     replies = []
     for a in kept:
         _, aid, aline, ascore, abody, aowner, aname, acreated, _, alic, up, down = a
-        text = html_to_markdown(abody, cfg.converter)
-        replies.append(Reply(str(aid), text, ascore, acreated, accepted=(aid == accepted_id), upvotes=up,
-                             meta={"url": f"{base}/a/{aid}", **_author(base, aowner, aname), "license": alic,
-                                   "created": acreated, **({"upvotes": up, "downvotes": down} if up is not None else {})}))
+        # converted on first use: with pairs.max_per_question most answers of a long thread are never in a pair
+        replies.append(Reply(str(aid), None, ascore, acreated, accepted=(aid == accepted_id), upvotes=up,
+                             make_meta=partial(_answer_meta, base, aid, aowner, aname, alic, acreated, up, down),
+                             html=abody, convert=convert, surely_nonempty=surely_nonempty(abody)))
     meta = {"site": site, "question_id": str(qid), "question_url": f"{base}/questions/{qid}", "title": title,
             "tags": split_tags(tags), "question_score": score, "question_created": created, "question_license": lic,
             **{f"question_{k}": v for k, v in _author(base, owner, owner_name).items()},
