@@ -1,8 +1,10 @@
-"""A Hydra entry point for data_prep verbs, equivalent to worldpm.config.hydra_entry but importing nothing from worldpm.
+"""The Hydra entry point of every verb: `run(cfg)` -> a `main()` with one-line user errors.
 
-`worldpm collect ...` (the CLI sets sys.argv) and `python -m data_prep.collect ...` run the same `main()`: overrides are composed
-once up front so that a bad one is a single line, then Hydra drives the run (sweeps with `-m`, launchers such as submitit).
-A `CollectError` anywhere in the run becomes `worldpm <verb>: error: <one line>` and exit status 2.
+`worldpm <verb> ...` (the CLI sets sys.argv) and `python -m <module> ...` (what launchers start on every rank) run the same
+`main()`: the overrides are composed once up front so that a bad one is a single line, then Hydra drives the run (sweeps with
+`-m`, launchers such as submitit). An `InputError` (data_prep's `CollectError`, worldpm's `UserError`) anywhere in the run
+becomes `worldpm <verb>: error: <one line>` and exit status 2. It lives in data_prep because data_prep imports nothing from
+worldpm; worldpm.config re-exports it.
 """
 from __future__ import annotations
 
@@ -10,10 +12,12 @@ import functools
 import importlib.util
 import sys
 from pathlib import Path
+from typing import Sequence
 
-from data_prep.errors import CollectError
+from data_prep.errors import InputError
 
 _HERE = Path(__file__).resolve().parent
+_PASS_THROUGH = ("-m", "--multirun", "-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "--shell-completion")
 
 
 def config_dir() -> Path:
@@ -23,9 +27,9 @@ def config_dir() -> Path:
     if spec is not None and spec.origin:
         candidates.append(Path(spec.origin).parent / "configs")
     for candidate in candidates:
-        if (candidate / "collect.yaml").is_file():
+        if (candidate / "model").is_dir():
             return candidate
-    raise CollectError(f"the config tree is missing (looked in {', '.join(map(str, candidates))}); reinstall worldpm")
+    raise InputError(f"the config tree is missing (looked in {', '.join(map(str, candidates))}); reinstall worldpm")
 
 
 def fail(verb: str, message: str, status: int = 2):
@@ -33,8 +37,20 @@ def fail(verb: str, message: str, status: int = 2):
     raise SystemExit(status)
 
 
-def compose(config_name: str, overrides=()):
-    """Compose `configs/<config_name>.yaml` with overrides; a bad override becomes a one-line CollectError."""
+def group_overrides(overrides: Sequence[str]) -> list[str]:
+    """`group=null` (e.g. the documented `deepspeed=null`) -> Hydra's `~group`: Hydra itself rejects null for a config group."""
+    out = []
+    for o in overrides:
+        key, sep, value = o.partition("=")
+        if sep and value == "null" and key.isidentifier() and (config_dir() / key).is_dir():
+            out.append(f"~{key}")
+        else:
+            out.append(o)
+    return out
+
+
+def compose(config_name: str, overrides: Sequence[str] = (), error: type[InputError] = InputError):
+    """Compose `configs/<config_name>.yaml` with overrides; a bad override becomes a one-line `error`."""
     from hydra import compose as hydra_compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
@@ -43,13 +59,10 @@ def compose(config_name: str, overrides=()):
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name=f"worldpm_{config_name}"):
-            return hydra_compose(config_name=config_name, overrides=list(overrides))
+            return hydra_compose(config_name=config_name, overrides=group_overrides(overrides))
     except (HydraException, OmegaConfBaseException) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CollectError(f"bad override for '{config_name}': {first}") from None
-
-
-_PASS_THROUGH = ("-m", "--multirun", "-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "--shell-completion")
+        raise error(f"bad override for '{config_name}': {first}") from None
 
 
 def hydra_entry(config_name: str):
@@ -60,16 +73,17 @@ def hydra_entry(config_name: str):
         def guarded(cfg):
             try:
                 return run(cfg)
-            except CollectError as exc:
+            except InputError as exc:
                 fail(config_name, str(exc))
 
         def main() -> None:
+            sys.argv[1:] = group_overrides(sys.argv[1:])
             args = sys.argv[1:]
             try:
                 if not any(a in _PASS_THROUGH or a.startswith(("--cfg", "--info", "--config-")) for a in args):
                     compose(config_name, [a for a in args if not a.startswith(("hydra.", "+hydra.", "hydra/", "~hydra"))])
                 path = config_dir()
-            except CollectError as exc:
+            except InputError as exc:
                 fail(config_name, str(exc))
             import hydra
 

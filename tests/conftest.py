@@ -51,3 +51,15 @@ def conversations(n: int = 6):
     out.append([{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "5"},
                 {"role": "user", "content": "Are you sure?"}, {"role": "assistant", "content": "Sorry: it is 4."}])
     return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for modules that time or train: on a shared 2-core machine, OpenMP threads spinning against other
+    jobs make runs 5x slower. Use with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -80,8 +80,16 @@ def test_length_sorted_batches_pad_minimally():
 
 @pytest.mark.parametrize("head", ["mlp", "linear"])
 def test_save_load_round_trip_is_exact(tmp_path, head):
+    import os
+    import stat
+
     rm = make_tiny(head=head)
     rm.save_pretrained(tmp_path / "ckpt")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "ckpt").stat().st_mode) == 0o777 & ~umask  # not mkdtemp's 0700
+    rm.save_pretrained(tmp_path / "ckpt")  # saving over an existing checkpoint replaces it whole
+    assert not list(tmp_path.glob(".ckpt*"))
     back = RewardModel.from_pretrained(tmp_path / "ckpt")
     assert back.spec == rm.spec
     sd_a, sd_b = rm.state_dict(), back.state_dict()

@@ -13,13 +13,7 @@ TOL = 1e-5
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, OpenMP threads spinning against other jobs make runs 5x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def forum_pairs(rm, n_threads=3, replies=("Boil it for 9 minutes, then cool it in ice water. " * 3, "idk lol", "Use a timer.")):
     """Pairs sharing a prompt (several answers per question, as on a forum) plus pairs with different prompts."""

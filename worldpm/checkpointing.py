@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from worldpm.atomic_dir import replace_dir
 from worldpm.distributed import Dist, barrier
 from worldpm.errors import UserError
 
@@ -148,14 +149,7 @@ def save(engine, output_dir: Path, step: int, state: dict, data_state: dict, dis
         _write_json(tmp / "data.json", data_state)
         _write_json(tmp / "state.json", {**state, "step": step, "complete": True})
         _fsync_dir(tmp)
-        if final.exists():  # the same step saved again (e.g. a preemption right after a periodic save)
-            old = root / f".{step_name(step)}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        replace_dir(tmp, final)  # the same step may be saved twice (a preemption right after a periodic save)
         _fsync_dir(root)
         for stale in complete_checkpoints(output_dir)[:-keep_last] if keep_last > 0 else []:
             prune(stale, keep_series)
@@ -190,14 +184,7 @@ def export_final(output_dir: Path, write_model, state: dict, dist: Dist) -> Path
     if dist.is_main:
         _write_json(tmp / "state.json", {**state, "complete": True})
         _fsync_dir(tmp)
-        if final.exists():
-            old = Path(output_dir) / ".final.old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        replace_dir(tmp, final)
     barrier(dist)
     return final
 

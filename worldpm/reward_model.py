@@ -27,6 +27,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from worldpm.atomic_dir import replace_dir
 from worldpm.batching import length_sorted_batches, pad_batch
 from worldpm.chat_format import PAD_TOKEN, REWARD_TOKEN, encode, encode_conversations, render_text
 from worldpm.errors import UserError
@@ -277,13 +278,10 @@ def save_checkpoint(out_dir, state_dict: Mapping[str, torch.Tensor], config, tok
         cfg.pop("_attn_implementation_autoset", None)
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         tokenizer.save_pretrained(str(tmp))
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700: a checkpoint must be readable like any directory the user makes
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
