@@ -47,6 +47,11 @@ EXPLAIN = ["This works because {func} returns a new {noun} instead of changing t
            "Note that {func} keeps the original order, which matters when you later {verb} the {noun} again.",
            "Under the hood {func} handles the edge cases (an empty {noun}, duplicates) for you.",
            "Compared with a manual loop this is shorter, easier to read and less error-prone."]
+CONTEXT = ["I have already tried to {verb} the {noun} by hand in a loop, which works for small inputs but takes minutes on the real data.",
+           "For context, the {noun} comes from a file that another team produces, so I cannot change its format.",
+           "I am on the latest stable release of {lang} and the standard library only; adding dependencies is hard here.",
+           "Searching turned up a few answers from years ago, but they use APIs that have since been deprecated.",
+           "The same code used to work last month, so something in the environment must have changed in between."]
 STEPS = ["Read the {noun} into a variable.", "Call <code>{func}</code> on it.", "Check the result for the empty case.",
          "Return or print the new {noun}.", "Add a test with a small {noun} to be sure."]
 POOR = ["<p>idk, just google it</p>", "<p>same problem here, any update??</p>", "<p>why would you even want to do that</p>",
@@ -80,12 +85,17 @@ def license_for(t: datetime) -> str:
 
 
 class Generator:
-    def __init__(self, seed: int, site: str, tag_format: str, n_users: int):
+    def __init__(self, seed: int, site: str, tag_format: str, n_users: int, lengths: str = "compact"):
         self.rng = random.Random(seed)
         self.site, self.tag_format = site, tag_format
+        self.lengths = lengths
         self.n_users = n_users
         self.next_id = 1
         self.t = datetime(2009, 1, 1)
+
+    def tail(self, mu: float, sigma: float) -> int:
+        """A long-tailed count (log-normal, floored): how forum post lengths are distributed."""
+        return int(self.rng.lognormvariate(mu, sigma))
 
     def code_block(self, lang, ext, noun, func, lines):
         rng = self.rng
@@ -111,8 +121,11 @@ class Generator:
         title = rng.choice([f"How do I {verb} a {noun} in {lang.capitalize()}?", f"Best way to {verb} a {noun} with {lang}",
                             f"{lang.capitalize()}: {verb} a {noun} without a loop", f"Why does my code fail to {verb} a {noun}?"])
         parts = [f"<p>I am trying to {verb} a <code>{noun}</code> in {lang}, but my version is slow and I am not sure it is right.</p>"]
+        if self.lengths == "forum":  # real questions: most a few lines, some pages of context
+            parts += [f"<p>{rng.choice(CONTEXT).format(noun=noun, verb=verb, lang=lang)}</p>" for _ in range(self.tail(0.0, 1.1))]
         if rng.random() < 0.6:
-            parts.append(self.code_block(lang, ext, noun, "my_" + verb.split()[0], rng.randint(1, 4)))
+            parts.append(self.code_block(lang, ext, noun, "my_" + verb.split()[0],
+                                         rng.randint(1, 4) if self.lengths == "compact" else 1 + self.tail(1.0, 1.0)))
         if rng.random() < 0.2:
             parts.append(f"<blockquote><p>Error: cannot {verb} {noun} (code {rng.randint(1, 255)})</p></blockquote>")
         if rng.random() < 0.1:
@@ -129,8 +142,12 @@ class Generator:
         fmt = dict(func=func, noun=noun, verb=verb, lang=lang)
         if quality > 0.66:
             parts = [f"<p>{rng.choice(GOOD_OPENERS).format(**fmt)} <code>{func}</code>. It lets you {verb} the {noun} "
-                     f"in one step.</p>", self.code_block(lang, ext, noun, func, rng.randint(1, 5)),
+                     f"in one step.</p>",  # (draws stay in this order: compact output must not change)
+                     self.code_block(lang, ext, noun, func, rng.randint(1, 5) if self.lengths == "compact" else 1 + self.tail(1.2, 1.0)),
                      f"<p>{rng.choice(EXPLAIN).format(**fmt)} {rng.choice(EXPLAIN).format(**fmt)}</p>"]
+            if self.lengths == "forum":  # the long tail of thorough answers
+                parts += [f"<p>{' '.join(rng.choice(EXPLAIN).format(**fmt) for _ in range(1 + rng.randint(0, 2)))}</p>"
+                          for _ in range(self.tail(0.3, 1.1))]
             if rng.random() < 0.7:
                 steps = rng.sample(STEPS, 3)
                 parts.append("<ol>" + "".join(f"<li>{s.format(**fmt)}</li>" for s in steps) + "</ol>")
@@ -196,9 +213,9 @@ class Generator:
 
 
 def generate(out: Path, site: str, questions: int | None, target_mb: float | None, seed: int, tag_format: str,
-             n_users: int, pack: bool, votes_table: bool = True) -> dict:
+             n_users: int, pack: bool, votes_table: bool = True, lengths: str = "compact") -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    gen = Generator(seed, site, tag_format, n_users)
+    gen = Generator(seed, site, tag_format, n_users, lengths)
     target = int(target_mb * 1e6) if target_mb else None
     n_q = n_rows = 0
     vote_id = 1
@@ -264,11 +281,14 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=500)
     ap.add_argument("--7z", dest="pack", action="store_true", help="also write <site>.7z (LZMA2) beside the tables")
     ap.add_argument("--no-votes", dest="votes", action="store_false", help="an empty Votes.xml (faster for big benchmark dumps)")
+    ap.add_argument("--lengths", choices=["compact", "forum"], default="compact",
+                    help="compact: short posts (the shipped sample); forum: log-normal post lengths with a long tail, like real "
+                         "Stack Exchange (most posts short, some pages long): what padding-free packing is for")
     args = ap.parse_args()
     if args.questions is None and args.target_mb is None:
         ap.error("give --questions or --target-mb")
     print(generate(args.out, args.site, args.questions, args.target_mb, args.seed, args.tag_format, args.users, args.pack,
-                   args.votes))
+                   args.votes, args.lengths))
 
 
 if __name__ == "__main__":

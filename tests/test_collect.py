@@ -460,3 +460,28 @@ def test_reddit_comment_cap_keeps_the_earliest(tmp_path):
                        path=REDDIT)
     assert stats["replies"]["dropped"]["over_max_comments_per_post"] == 1  # c3, the latest of c2 (t50), c1 (t100), c3 (t200)
     assert set(by_answers(tmp_path / "o")) == {("c1", "c2")} and all(stats["identities"].values())
+
+
+def test_dump_generator_compact_mode_reproduces_the_shipped_sample_and_forum_mode_is_long_tailed(tmp_path):
+    """The sample in data_prep/sample is exactly what its README's command makes; --lengths forum adds a long length tail."""
+    import statistics
+
+    from make_stackexchange_dump import generate
+
+    from data_prep.inputs import sevenzip_member_chunks
+
+    generate(tmp_path / "compact", "synthetic.stackexchange.com", 3000, None, seed=0, tag_format="angle", n_users=400, pack=False)
+    shipped = b"".join(sevenzip_member_chunks(ROOT / "data_prep" / "sample" / "synthetic.stackexchange.com.7z", "Posts.xml"))
+    assert (tmp_path / "compact" / "Posts.xml").read_bytes() == shipped
+
+    def body_lengths(directory):
+        from lxml import etree
+
+        return [len(r.get("Body")) for r in etree.parse(str(directory / "Posts.xml")).getroot() if r.get("PostTypeId") == "2"]
+
+    generate(tmp_path / "forum", "x.stackexchange.com", 600, None, seed=1, tag_format="angle", n_users=50, pack=False,
+             lengths="forum")
+    generate(tmp_path / "short", "x.stackexchange.com", 600, None, seed=1, tag_format="angle", n_users=50, pack=False)
+    forum, short = body_lengths(tmp_path / "forum"), body_lengths(tmp_path / "short")
+    tail = lambda xs: sorted(xs)[int(0.99 * len(xs))] / statistics.median(xs)  # noqa: E731
+    assert tail(forum) > 2 * tail(short) and max(forum) > 3 * max(short)
