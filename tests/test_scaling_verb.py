@@ -189,6 +189,24 @@ def test_seeds_are_separate_runs_and_bayes_reference(tmp_path):
     assert (tmp_path / "out" / "scaling_category.png").is_file() and not (tmp_path / "out" / "scaling_category.svg").exists()
 
 
+def test_ground_truth_says_whether_the_bayes_loss_lies_inside_the_l_inf_interval():
+    from worldpm.eval.scaling import ground_truth
+
+    def fit(l_inf_ci):
+        return {"level": "subtask", "key": "heldout/test", "model": "m",
+                "saturating": {"l_inf": 0.424, "l_inf_ci": l_inf_ci, "alpha": 1.1}}
+
+    finals = [{"level": "subtask", "key": "heldout/test", "points": [{"model": "m", "loss": 0.433}]}]
+    bayes = {"loss": 0.4157, "from": "manifest.json", "applies_to": None}
+    (inside,) = ground_truth(bayes, [fit([0.410, 0.435])], finals)
+    assert inside["bayes_in_l_inf_ci"] is True and inside["l_inf_minus_bayes"] == pytest.approx(0.424 - 0.4157)
+    assert inside["final_excess"] == pytest.approx(0.433 - 0.4157)
+    (outside,) = ground_truth(bayes, [fit([0.419, 0.435])], finals)
+    assert outside["bayes_in_l_inf_ci"] is False
+    (no_interval,) = ground_truth(bayes, [fit(None)], finals)
+    assert no_interval["bayes_in_l_inf_ci"] is None
+
+
 def test_bayes_loss_from_a_dataset_manifest(tmp_path):
     write_study(tmp_path)
     data = tmp_path / "data"

@@ -169,10 +169,14 @@ def ground_truth(bayes: dict | None, fits: list[dict], model_fits: list[dict]) -
             continue
         final = finals.get((f["level"], f["key"], f["model"]))
         sat = f.get("saturating") or {}
+        ci = sat.get("l_inf_ci")
         rows.append({"level": f["level"], "key": f["key"], "model": f["model"],
                      "final_loss": final["loss"] if final else None,
                      "final_excess": final["loss"] - bayes["loss"] if final else None,
-                     "l_inf": sat.get("l_inf"), "l_inf_minus_bayes": sat["l_inf"] - bayes["loss"] if "l_inf" in sat else None})
+                     "l_inf": sat.get("l_inf"), "l_inf_ci": ci,
+                     "l_inf_minus_bayes": sat["l_inf"] - bayes["loss"] if "l_inf" in sat else None,
+                     # the test that matters: is the known answer inside the fit's interval (None: no interval)
+                     "bayes_in_l_inf_ci": bool(ci[0] <= bayes["loss"] <= ci[1]) if ci else None})
     return rows
 
 
@@ -258,10 +262,12 @@ def write_report(path: Path, result: dict, figures: list[str]) -> None:
         b = result["bayes"]
         lines += ["", "## Against the known Bayes-optimal loss", "",
                   f"Bayes-optimal test BT loss {b['loss']:.4f} (from {b['from']}).", "",
-                  "| key | model | final loss | excess over Bayes | L∞ | L∞ − Bayes |", "|---|---|---|---|---|---|"]
+                  "| key | model | final loss | excess over Bayes | L∞ [CI] | L∞ − Bayes | Bayes inside the CI |",
+                  "|---|---|---|---|---|---|---|"]
         for r in result["ground_truth"]:
+            inside = {True: "yes", False: "**no**", None: "–"}[r["bayes_in_l_inf_ci"]]
             lines.append(f"| {r['key']} | {r['model']} | {_g(r['final_loss'], '.4f')} | {_g(r['final_excess'], '+.4f')} | "
-                         f"{_g(r['l_inf'], '.4f')} | {_g(r['l_inf_minus_bayes'], '+.4f')} |")
+                         f"{_g(r['l_inf'], '.4f')}{_ci(r['l_inf_ci'], '.4f')} | {_g(r['l_inf_minus_bayes'], '+.4f')} | {inside} |")
     if inp["skipped"]:
         lines += ["", "## Skipped results", ""] + [f"- {s_['path']}: {s_['reason']}" for s_ in inp["skipped"]]
     tmp = path.with_name(f".{path.name}.tmp")
