@@ -111,7 +111,8 @@ def plot_data_scaling(points, fits: list[dict], models: list[dict], keys: list[s
         ax.set_xlabel(x_label + " (log)")
         ax.set_ylabel("test BT loss (log)")
         ax.legend(fontsize=7)
-    fig.suptitle("loss vs data: measured (markers), power law (dashed), L∞ + B·D^-α (dotted)", fontsize=9)
+    # two lines: on one line the key overflows a single-panel figure
+    fig.suptitle("loss vs data\nmeasured (markers), power law (dashed), L∞ + B·D^-α (dotted)", fontsize=9)
     return _save(plt, fig, stem, formats)
 
 
