@@ -6,6 +6,7 @@ For each size (MB of Posts.xml) a synthetic site is generated (scripts/make_stac
   (b) iterparse: a bare `lxml.etree.iterparse` pass over the extracted Posts.xml that does nothing per row (elem.clear())
   (c) read:      the collector's phase 1 alone (.7z -> row checks -> on-disk store), from its manifest timings
   (d) collect:   `worldpm collect` end to end (.7z -> parquet shards), with `workers` processes
+  (e) convert:   HTML -> markdown of the first --convert-sample answer bodies with each converter (source.converter), ms per KB
 MB/s are MB of Posts.xml per second per worker. Peak RSS is the whole process tree's (the collector and its workers), measured in a
 child process per step. Results are printed as a markdown table and written to --out/bench.json.
 
@@ -43,6 +44,27 @@ def _child(kind: str, arg: str, extra: list[str]) -> None:
             n += 1
             el.clear()
         out["rows"], out["bytes"] = n, os.path.getsize(arg)
+    elif kind == "convert":
+        from lxml import etree
+
+        from data_prep.html_markdown import CONVERTERS, html_to_markdown
+
+        n = int(extra[0])
+        bodies = []
+        for _, el in etree.iterparse(arg, events=("end",), tag="row", resolve_entities=False, no_network=True):
+            if el.get("PostTypeId") == "2":
+                bodies.append(el.get("Body", ""))
+            el.clear()
+            if len(bodies) >= n:
+                break
+        kb = sum(len(b.encode()) for b in bodies) / 1e3
+        for name in CONVERTERS:
+            html_to_markdown(bodies[0], name)  # imports and converter construction stay out of the timing
+            t = time.perf_counter()
+            for body in bodies:
+                html_to_markdown(body, name)
+            out[f"{name}_ms_per_kb"] = (time.perf_counter() - t) * 1e3 / kb
+        out["bodies"], out["kb"] = len(bodies), kb
     else:
         from data_prep.collect import run
         from data_prep.entry import compose
@@ -71,6 +93,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=float, nargs="+", default=[100, 300], help="MB of Posts.xml")
     ap.add_argument("--out", type=Path, default=Path("/tmp/worldpm-bench"))
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--convert-sample", type=int, default=2000, help="answer bodies timed per converter (0: skip)")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args, extra = ap.parse_known_args()
     if args.child:
@@ -93,6 +116,7 @@ def main() -> None:
         bare = measure("iterparse", str(posts))
         out_dir = args.out / f"{int(size)}mb" / "collect"
         full = measure("collect", str(archive), [f"output_dir={out_dir}", "overwrite=true", f"workers={args.workers}"])
+        conv = measure("convert", str(posts), [str(args.convert_sample)]) if args.convert_sample else None
         read_s = full["manifest"]["read"]["seconds"]
         w = args.workers
         r = {"posts_mb": round(mb, 1), "archive_mb": round(archive.stat().st_size / 1e6, 1), "workers": w,
@@ -106,7 +130,8 @@ def main() -> None:
              "store_mb": round(full["store_bytes"] / 1e6, 1), "store_vs_posts": round(full["store_bytes"] / 1e6 / mb, 2),
              "seconds": {"7z": round(sevenz["seconds"], 1), "iterparse": round(bare["seconds"], 1),
                          "collect": round(full["seconds"], 1), **{k: v["seconds"] for k, v in full["manifest"].items()}},
-             "pairs": full["counts"]}
+             "pairs": full["counts"],
+             "convert_ms_per_kb": conv and {k.removesuffix("_ms_per_kb"): round(v, 3) for k, v in conv.items() if k.endswith("_ms_per_kb")}}
         results.append(r)
         print(json.dumps(r), file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -119,6 +144,10 @@ def main() -> None:
         print(f"| {r['posts_mb']} | {r['workers']} | {r['7z_mb_s']} | {r['iterparse_mb_s']} | {r['read_phase_mb_s_per_worker']} | "
               f"{r['collect_mb_s_per_worker']} | {r['collect_vs_iterparse']:.1%} | {rss['collect']} / {rss['iterparse']} / {rss['7z']} | "
               f"{r['store_mb']} ({r['store_vs_posts']}x) |")
+    for r in results:
+        if r["convert_ms_per_kb"]:
+            print(f"HTML -> markdown, {r['posts_mb']} MB site, ms per KB of answer HTML: " +
+                  ", ".join(f"{k} {v}" for k, v in r["convert_ms_per_kb"].items()))
 
 
 if __name__ == "__main__":
