@@ -29,12 +29,6 @@ class Stats:
             if len(kept) < self.max_rejects:
                 kept.append({"block": block, "reason": reason, **sample})
 
-    def get(self, block: str, outcome: str) -> int:
-        return self.counts.get(block, {}).get(outcome, 0)
-
-    def total(self, block: str, exclude: tuple[str, ...] = ()) -> int:
-        return sum(v for k, v in self.counts.get(block, {}).items() if k not in exclude)
-
     def merge(self, other: "Stats") -> "Stats":
         for block, outcomes in other.counts.items():
             for outcome, n in outcomes.items():

@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import multiprocessing
-import os
 import pickle
 import shutil
 import sys
@@ -32,11 +31,13 @@ from omegaconf import DictConfig, OmegaConf
 from data_prep.accounting import Stats
 from data_prep.entry import hydra_entry
 from data_prep.errors import CollectError
-from data_prep.records import SPLITS, ShardWriter
+from data_prep.records import ShardWriter, clear_output_dir, write_json_atomic, write_jsonl_atomic
 
 log = logging.getLogger("worldpm.collect")
 
 OUTPUT_NAMES = ("train", "test", "stats.json", "rejects.jsonl", "manifest.json", ".work")
+# stats.json and manifest.json; rejects.jsonl has the same but one sample per line
+JSON_FORMAT = {"indent": 2, "ensure_ascii": False, "default": str}
 SOURCES = ("stackexchange", "reddit")
 KEPT_ROWS = {"question", "answer", "user", "vote", "submission", "comment"}
 
@@ -170,6 +171,8 @@ def _process_thread(thread, pcfg, ccfg, ncfg, index, stats):
                         stats.drop("replies", "contaminated", {**thread.position, "id": reply.id})
                         continue
                     reply.meta["contaminated"] = True
+                    if "replies" not in flags:
+                        flags.append("replies")
                 kept.append(reply)
             thread.replies = kept
     usable = usable_replies(thread, pcfg, stats)
@@ -184,12 +187,14 @@ def _process_thread(thread, pcfg, ccfg, ncfg, index, stats):
         return None
     stats.add("questions", "paired")
     flagged = []
-    if index and ccfg.mode == "flag":
+    if "prompt" in flags:  # flags are set only in mode flag
+        flagged = [r["id"] for r in rows]
+    elif flags:  # some replies flagged: which pairs hold one is in the meta just written (rare: parsed only here)
         for r in rows:
             meta = json.loads(r["meta"])
-            if meta.get("contaminated_prompt") or meta["chosen"].get("contaminated") or meta["rejected"].get("contaminated"):
+            if meta["chosen"].get("contaminated") or meta["rejected"].get("contaminated"):
                 flagged.append(r["id"])
-        stats.add("contamination", "flagged_pairs_sampled", len(flagged))
+    stats.add("contamination", "flagged_pairs_sampled", len(flagged))
     sig = signature(thread.prompt, int(ncfg.num_perm), int(ncfg.shingle_words)) if ncfg.enabled else None
     return {"source": thread.source, "domain": thread.domain, "thread_id": thread.thread_id, "rows": rows, "sig": sig,
             "flagged": flagged}
@@ -237,8 +242,9 @@ def _records(path: str):
 # ------------------------------------------------------------------------------------------------------------------ phase 3
 def split_of(source: str, domain: str, thread_id: str, test_fraction: float, salt: str = "") -> str:
     """Deterministic thread-hash split: a thread's pairs all land on one side, whatever else is in the run."""
-    digest = hashlib.sha256(f"{salt}\x1f{source}\x1f{domain}\x1f{thread_id}".encode()).digest()
-    return "test" if int.from_bytes(digest[:8], "big") / 2**64 < test_fraction else "train"
+    from data_prep.pairing import thread_seed
+
+    return "test" if thread_seed(salt, source, domain, thread_id) / 2**64 < test_fraction else "train"
 
 
 def _pair_key(row: dict) -> bytes:
@@ -337,6 +343,9 @@ def account(stats: Stats, source: str) -> dict:
 
 # ------------------------------------------------------------------------------------------------------------------ driver
 def _validate(cfg: DictConfig) -> None:
+    from data_prep.html_markdown import CONVERTERS
+    from data_prep.pairing import SCORE_RULES
+
     if cfg.source.name not in SOURCES:
         raise CollectError(f"source={cfg.source.name} is not a forum source (choose from {', '.join(SOURCES)})")
     if not OmegaConf.is_missing(cfg, "output_dir") and not str(cfg.output_dir).strip():
@@ -353,8 +362,7 @@ def _validate(cfg: DictConfig) -> None:
          f"pairs.max_per_question={cfg.pairs.max_per_question} must be an integer >= 1 or null"),
         (isinstance(cfg.split.test_fraction, (int, float)) and 0 <= cfg.split.test_fraction <= 1,
          f"split.test_fraction={cfg.split.test_fraction} must be between 0 and 1"),
-        (cfg.pairs.score_rule in ("net", "stackllama", "stackllama_votes"),
-         f"pairs.score_rule={cfg.pairs.score_rule} (choose net, stackllama, stackllama_votes)"),
+        (cfg.pairs.score_rule in SCORE_RULES, f"pairs.score_rule={cfg.pairs.score_rule} (choose {', '.join(SCORE_RULES)})"),
         (isinstance(cfg.pairs.min_score_gap, (int, float)) and cfg.pairs.min_score_gap > 0,
          f"pairs.min_score_gap={cfg.pairs.min_score_gap} must be > 0"),
         (cfg.contamination.mode in ("drop", "flag"), f"contamination.mode={cfg.contamination.mode} (choose drop or flag)"),
@@ -367,8 +375,8 @@ def _validate(cfg: DictConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise CollectError(message)
-    if cfg.source.name == "stackexchange" and cfg.source.converter not in ("html_to_markdown", "markdownify"):
-        raise CollectError(f"source.converter={cfg.source.converter} (choose html_to_markdown or markdownify)")
+    if cfg.source.name == "stackexchange" and cfg.source.converter not in CONVERTERS:
+        raise CollectError(f"source.converter={cfg.source.converter} (choose {' or '.join(CONVERTERS)})")
     if cfg.pairs.score_rule == "stackllama_votes" and cfg.source.name != "stackexchange":
         raise CollectError("pairs.score_rule=stackllama_votes needs Stack Exchange Votes.xml (source=stackexchange)")
 
@@ -377,23 +385,9 @@ def _prepare_output(out_dir: Path, overwrite: bool) -> None:
     """Refuse a completed output unless told to overwrite; clear what an earlier (failed or replaced) run left."""
     if out_dir.exists() and not out_dir.is_dir():
         raise CollectError(f"output_dir={out_dir} is a file")
-    if (out_dir / "manifest.json").exists():
-        if not overwrite:
-            raise CollectError(f"output_dir={out_dir} holds a completed collection (manifest.json); pass overwrite=true to replace it")
-        (out_dir / "manifest.json").unlink()  # first: from here on the directory is not complete
-    for name in OUTPUT_NAMES:
-        target = out_dir / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-
-def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    if (out_dir / "manifest.json").exists() and not overwrite:
+        raise CollectError(f"output_dir={out_dir} holds a completed collection (manifest.json); pass overwrite=true to replace it")
+    clear_output_dir(out_dir, OUTPUT_NAMES)  # manifest.json first: from there on the directory is not complete
 
 
 def run_synthetic(cfg: DictConfig) -> dict:
@@ -476,14 +470,14 @@ def run(cfg: DictConfig) -> dict:
     inputs = [{"path": r["path"], "bytes": r["bytes"], "sha256": r["sha256"]} for r in results if "sha256" in r]
     for r in results:
         stats.merge(Stats.from_state(r["stats"]))
+    from data_prep.store import partition_bounds
+
     stores = []
     if source == "stackexchange":
-        from data_prep.stackexchange import partition_bounds
-
         for site, r in zip(sites, results):
             stores.append({"site": site.site, "db": r["db"], "label": site.tables["Posts"].label, "db_bytes": r["db_bytes"]})
     else:
-        from data_prep.reddit import merge_stores, partition_bounds
+        from data_prep.reddit import merge_stores
 
         db = work / "reddit.sqlite"
         merge_stores([r for r in results if "kind" in r], db, stats)
@@ -492,8 +486,9 @@ def run(cfg: DictConfig) -> dict:
 
     # phase 2: threads -> pairs, one task per id range of each store
     tasks = []
+    thread_table = "questions" if source == "stackexchange" else "posts"
     for u, store in enumerate(stores):
-        for p, (lo, hi) in enumerate(partition_bounds(Path(store["db"]), int(cfg.partitions))):
+        for p, (lo, hi) in enumerate(partition_bounds(Path(store["db"]), thread_table, int(cfg.partitions))):
             tasks.append({"source": source, "site": store["site"], "db": store["db"], "label": store["label"], "lo": lo, "hi": hi,
                           "out": str(work / f"pairs-{u:04d}-{p:04d}.pkl.zst"), "cfg": task_cfg})
     log.info("phase 1 done in %.1fs: %s; phase 2: grouping, converting and pairing in %d id ranges", timings["read"]["seconds"],
@@ -517,11 +512,8 @@ def run(cfg: DictConfig) -> dict:
     if not summary["all_accounted"]:
         bad = [k for k, ok in summary["identities"].items() if not ok]
         raise RuntimeError(f"collect bug: counts do not add up: {bad}")  # not the user's fault: a traceback is right here
-    _atomic_json(out_dir / "stats.json", summary)
-    with open(out_dir / ".rejects.jsonl.tmp", "w", encoding="utf-8") as f:
-        for sample in stats.reject_samples():
-            f.write(json.dumps(sample, ensure_ascii=False, default=str) + "\n")
-    os.replace(out_dir / ".rejects.jsonl.tmp", out_dir / "rejects.jsonl")
+    write_json_atomic(out_dir / "stats.json", summary, **JSON_FORMAT)
+    write_jsonl_atomic(out_dir / "rejects.jsonl", stats.reject_samples(), ensure_ascii=False, default=str)
     if not cfg.keep_work:
         shutil.rmtree(work, ignore_errors=True)
     manifest = {
@@ -531,7 +523,7 @@ def run(cfg: DictConfig) -> dict:
         "config": OmegaConf.to_container(cfg, resolve=True), "timings": timings,
         "seconds": round(time.perf_counter() - t_start, 3), "store_bytes": store_bytes,
     }
-    _atomic_json(out_dir / "manifest.json", manifest)  # last: its presence marks the output complete
+    write_json_atomic(out_dir / "manifest.json", manifest, **JSON_FORMAT)  # last: its presence marks the output complete
     log.info("collect: %d train + %d test pairs from %d threads -> %s (%.1fs)", manifest["counts"]["train"],
              manifest["counts"]["test"], manifest["counts"]["threads"], out_dir, manifest["seconds"])
     return manifest

@@ -156,7 +156,7 @@ def _site_of_archive(archive: Path) -> str:
     return match.group("site") if match else archive.name[: -len(".7z")]
 
 
-def _archive_members(archive: Path) -> list[str]:
+def _archive_members(archive: Path) -> list[tuple[str, int]]:
     import py7zr
 
     try:

@@ -22,7 +22,10 @@ from typing import Sequence
 
 import pyarrow.parquet as pq
 
-from data_prep.records import PAIR_SCHEMA, ShardWriter
+from data_prep.records import PAIR_SCHEMA, ShardWriter, clear_output_dir, write_json_atomic
+
+# stats.json and manifest.json of nested subsets and of source=synthetic
+JSON_FORMAT = {"indent": 2, "sort_keys": True}
 
 
 class NestedDataError(ValueError):
@@ -37,22 +40,11 @@ def _count_rows(files: Sequence[Path]) -> int:
     return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
 
 
-def write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(path)
-
-
 def prepare_output_dir(out: Path, overwrite: bool) -> None:
     """An empty dataset directory; an existing non-empty one only with overwrite (its manifest goes first)."""
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise NestedDataError(f"output directory {out} exists and is not empty (pass overwrite=true to replace it)")
-        (out / "manifest.json").unlink(missing_ok=True)  # first: a half-rewritten directory must not look complete
-        for name in ("train", "test"):
-            shutil.rmtree(out / name, ignore_errors=True)
-        (out / "stats.json").unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise NestedDataError(f"output directory {out} exists and is not empty (pass overwrite=true to replace it)")
+    clear_output_dir(out, ("train", "test", "stats.json"))  # manifest.json first: a half-rewritten one must not look complete
 
 
 def write_nested_subsets(dataset_dir: str | os.PathLike, sizes: Sequence[int], output_root: str | os.PathLike,
@@ -107,7 +99,7 @@ def write_nested_subsets(dataset_dir: str | os.PathLike, sizes: Sequence[int], o
             tmp.replace(out / "test" / f.name)
         stats = {"parent": str(src), "input": {"train_pairs": n_train, "test_pairs": n_test},
                  "kept": {"train": n, "test": n_test}, "dropped": {"train_beyond_first_n": n_train - n}}
-        write_json_atomic(out / "stats.json", stats)
+        write_json_atomic(out / "stats.json", stats, **JSON_FORMAT)
         manifest = {k: v for k, v in parent_manifest.items() if k not in ("splits", "bayes", "complete")}
         # The test split is the parent's, byte for byte: facts about it (e.g. a known Bayes loss) carry over.
         if "bayes" in parent_manifest:
@@ -116,7 +108,7 @@ def write_nested_subsets(dataset_dir: str | os.PathLike, sizes: Sequence[int], o
                         splits={"train": {"pairs": n, "shards": [p.name for p in sorted((out / "train").glob("*.parquet"))]},
                                 "test": {"pairs": n_test, "shards": [f.name for f in test_files]}},
                         complete=True)
-        write_json_atomic(out / "manifest.json", manifest)
+        write_json_atomic(out / "manifest.json", manifest, **JSON_FORMAT)
         written.append(out)
     return written
 

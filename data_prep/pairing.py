@@ -69,7 +69,12 @@ class Thread:
     position: dict = field(default_factory=dict)   # file and line, for rejects.jsonl
 
 
-def thread_seed(seed: int, source: str, domain: str, thread_id: str) -> int:
+# pairs.score_rule: how a reply's evidence becomes the score pairs are made on (effective_score)
+SCORE_RULES = ("net", "stackllama", "stackllama_votes")
+
+
+def thread_seed(seed: int | str, source: str, domain: str, thread_id: str) -> int:
+    """A 64-bit number fixed by the thread alone and `seed` (an int, or any string such as a split salt)."""
     digest = hashlib.sha256(f"{seed}\x1f{source}\x1f{domain}\x1f{thread_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big")
 
@@ -93,7 +98,7 @@ def effective_score(reply: Reply, rule: str) -> float:
         return float(stackllama_score(reply.score, reply.accepted))
     if rule == "stackllama_votes":  # exact upvote counts from Votes.xml (VoteTypeId=2)
         return float(stackllama_score(reply.upvotes or 0, reply.accepted))
-    raise ValueError(f"unknown pairs.score_rule={rule!r} (choose net, stackllama, stackllama_votes)")
+    raise ValueError(f"unknown pairs.score_rule={rule!r} (choose {', '.join(SCORE_RULES)})")
 
 
 def usable_replies(thread: Thread, cfg, stats: Stats, block: str = "replies") -> list[Reply]:

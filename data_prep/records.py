@@ -18,8 +18,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -128,6 +129,42 @@ def write_pairs(rows: Iterable[Mapping], directory: str | os.PathLike, max_rows_
             check_record(row)
             writer.write(row)
     return writer.shards
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    """`path` appears only complete: written to `.<name>.tmp` beside it, then renamed over it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any, **dumps_kw) -> None:
+    """`json.dumps(obj, **dumps_kw)` and a newline, written atomically (stats.json, manifest.json: each caller keeps its format)."""
+    _write_text_atomic(Path(path), json.dumps(obj, **dumps_kw) + "\n")
+
+
+def write_jsonl_atomic(path: str | os.PathLike, objs: Iterable[Any], **dumps_kw) -> None:
+    """One `json.dumps(obj, **dumps_kw)` per line, written atomically (rejects.jsonl)."""
+    _write_text_atomic(Path(path), "".join(json.dumps(obj, **dumps_kw) + "\n" for obj in objs))
+
+
+def clear_output_dir(out: str | os.PathLike, names: Iterable[str]) -> None:
+    """Make dataset directory `out`, removing the entries `names` from an earlier run; manifest.json goes first, so that from
+    then on the directory does not look complete. Whether an existing directory may be reused is the caller's decision."""
+    out = Path(out)
+    (out / "manifest.json").unlink(missing_ok=True)
+    for name in names:
+        target = out / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+    out.mkdir(parents=True, exist_ok=True)
 
 
 def read_pairs(directory: str | os.PathLike) -> pa.Table:

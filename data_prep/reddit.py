@@ -12,14 +12,13 @@ from __future__ import annotations
 import html
 import json
 import re
-import sqlite3
 from pathlib import Path
 from typing import Callable, Iterator
 
 from data_prep.accounting import Stats
 from data_prep.inputs import zst_lines
 from data_prep.pairing import Reply, Thread
-from data_prep.stackexchange import _INVALID, connect
+from data_prep.store import INVALID, connect, group_replies, report_orphans
 
 _DELETED = {"[deleted]", "[removed]", "[deleted by user]"}
 _LINK = re.compile(r"\[([^\]]*)\]\((?:[^()\s]|\([^()]*\))*\)")
@@ -45,7 +44,12 @@ def _num(obj, key):
     return int(float(value))  # old months store some numbers as strings
 
 
-def _check_submission(obj: dict, cfg) -> tuple[str | None, tuple | None]:
+def subreddit_filter(cfg) -> frozenset[str] | None:
+    """The lower-cased names of `cfg.subreddits`, built once per file (the row checks run once per row); None: any subreddit."""
+    return frozenset(s.lower() for s in cfg.subreddits) if cfg.subreddits else None
+
+
+def _check_submission(obj: dict, cfg, subreddits: frozenset[str] | None) -> tuple[str | None, tuple | None]:
     try:
         sid = obj["id"]
         pid = _b36(sid)
@@ -53,7 +57,7 @@ def _check_submission(obj: dict, cfg) -> tuple[str | None, tuple | None]:
     except (KeyError, ValueError, TypeError):
         return "bad_or_missing_field", None
     sub = obj.get("subreddit") or ""
-    if cfg.subreddits and sub.lower() not in {s.lower() for s in cfg.subreddits}:
+    if subreddits is not None and sub.lower() not in subreddits:
         return "other_subreddit", None
     if not obj.get("is_self", False):
         return "not_self_post", None
@@ -72,12 +76,12 @@ def _check_submission(obj: dict, cfg) -> tuple[str | None, tuple | None]:
         return "created_after_max", None
     if not title.strip():
         return "empty_title", None
-    if _INVALID.search(title) or _INVALID.search(body):
+    if INVALID.search(title) or INVALID.search(body):
         return "invalid_characters", None
     return None, (pid, sid, sub, author, score, created, title, body, obj.get("upvote_ratio"), obj.get("permalink"))
 
 
-def _check_comment(obj: dict, cfg) -> tuple[str | None, tuple | None]:
+def _check_comment(obj: dict, cfg, subreddits: frozenset[str] | None) -> tuple[str | None, tuple | None]:
     try:
         sid = obj["id"]
         cid = _b36(sid)
@@ -88,7 +92,7 @@ def _check_comment(obj: dict, cfg) -> tuple[str | None, tuple | None]:
     except (KeyError, ValueError, TypeError, AttributeError):
         return "bad_or_missing_field", None
     sub = obj.get("subreddit") or ""
-    if cfg.subreddits and sub.lower() not in {s.lower() for s in cfg.subreddits}:
+    if subreddits is not None and sub.lower() not in subreddits:
         return "other_subreddit", None
     if not str(parent).startswith("t3_"):
         return "not_top_level", None
@@ -101,7 +105,7 @@ def _check_comment(obj: dict, cfg) -> tuple[str | None, tuple | None]:
         return "comment_score_below_min", None
     if not body.strip():
         return "empty_body", None
-    if _INVALID.search(body):
+    if INVALID.search(body):
         return "invalid_characters", None
     return None, (cid, sid, link_id, author, score, created, body)
 
@@ -113,12 +117,12 @@ def ingest_file(path: Path, kind: str, db_path: Path, cfg, stats: Stats, progres
     db.execute(POSTS if kind == "submissions" else COMMENTS)
     block = f"rows.{kind}"
     check = _check_submission if kind == "submissions" else _check_comment
+    subreddits = subreddit_filter(cfg)
     batch, label, n = [], str(path), 0
     sql = ("INSERT OR IGNORE INTO posts VALUES (?,?,?,?,?,?,?,?,?,?,?,?)" if kind == "submissions"
            else "INSERT OR IGNORE INTO comments VALUES (?,?,?,?,?,?,?,?,?)")
     with db:
         for line_no, line in zst_lines(path, cfg.max_row_bytes):
-            stats.add(block, "read")
             n += 1
             if n % 5000 == 0:
                 progress(0, 5000)
@@ -134,7 +138,7 @@ def ingest_file(path: Path, kind: str, db_path: Path, cfg, stats: Stats, progres
                 stats.drop(block, "bad_json", {"file": label, "line": line_no, "detail": str(exc)[:200],
                                                "excerpt": line[:300].decode("utf-8", "replace")})
                 continue
-            reason, fields = check(obj, cfg)
+            reason, fields = check(obj, cfg, subreddits)
             if reason is not None:
                 sample = {"file": label, "line": line_no, "id": obj.get("id")}
                 if reason in ("bad_or_missing_field", "invalid_characters"):
@@ -151,6 +155,7 @@ def ingest_file(path: Path, kind: str, db_path: Path, cfg, stats: Stats, progres
                 db.executemany(sql, batch)
                 batch.clear()
         db.executemany(sql, batch)
+    stats.add(block, "read", n)  # once, not per row
     progress(0, n % 5000)
     db.close()
     return {"file": label, "kind": kind, "db": str(db_path)}
@@ -178,27 +183,10 @@ def merge_stores(parts: list[dict], db_path: Path, stats: Stats) -> None:
         Path(part["db"]).unlink(missing_ok=True)
     with db:
         db.execute("CREATE INDEX IF NOT EXISTS comments_link ON comments(link, created, id)")
-    orphans = db.execute("SELECT COUNT(*) FROM comments c LEFT JOIN posts p ON p.id = c.link WHERE p.id IS NULL").fetchone()[0]
-    if orphans:
-        for sid, file, line in db.execute("SELECT c.sid, c.file, c.line FROM comments c LEFT JOIN posts p ON p.id = c.link "
-                                          "WHERE p.id IS NULL ORDER BY c.id LIMIT ?", (stats.max_rejects,)):
-            stats.drop("replies", "post_missing_or_dropped", {"file": file, "line": line, "id": sid}, 0)
-        stats.drop("replies", "post_missing_or_dropped", None, orphans)
+    # comments whose post is not in the dump or was dropped by a row check: dropped here, once
+    report_orphans(db, stats, child="comments", parent="posts", link="link", columns="c.sid, c.file, c.line",
+                   reason="post_missing_or_dropped", sample=lambda sid, file, line: {"file": file, "line": line, "id": sid})
     db.close()
-
-
-def partition_bounds(db_path: Path, parts: int) -> list[tuple[int, int]]:
-    db = connect(db_path, readonly=True)
-    try:
-        n = db.execute("SELECT COUNT(*) FROM posts").fetchone()[0]
-        if n == 0:
-            return [(0, -1)]
-        cuts = sorted({db.execute("SELECT id FROM posts ORDER BY id LIMIT 1 OFFSET ?", (k * n // parts,)).fetchone()[0]
-                       for k in range(parts)})
-        last = db.execute("SELECT MAX(id) FROM posts").fetchone()[0]
-    finally:
-        db.close()
-    return [(lo, (cuts[i + 1] - 1) if i + 1 < len(cuts) else last) for i, lo in enumerate(cuts)]
 
 
 def reddit_threads(db_path: Path, lo: int, hi: int, cfg, stats: Stats) -> Iterator[Thread]:
@@ -208,12 +196,7 @@ def reddit_threads(db_path: Path, lo: int, hi: int, cfg, stats: Stats) -> Iterat
                            "permalink FROM posts WHERE id BETWEEN ? AND ? ORDER BY id", (lo, hi))
         comments = db.cursor().execute("SELECT link, id, sid, line, file, author, score, created, body FROM comments "
                                        "WHERE link BETWEEN ? AND ? ORDER BY link, created, id", (lo, hi))
-        pending = comments.fetchone()
-        for p in posts:
-            group = []
-            while pending is not None and pending[0] == p[0]:
-                group.append(pending)
-                pending = comments.fetchone()
+        for p, group in group_replies(posts, comments):  # comments of posts not in the store are skipped
             thread = _thread(p, group, cfg, stats)
             if thread is not None:
                 yield thread

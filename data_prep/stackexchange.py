@@ -9,22 +9,18 @@ tables into the store; phase 2 (`site_threads`, any number of processes, one id 
 from __future__ import annotations
 
 import re
-import sqlite3
 from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
 
 from data_prep.accounting import Stats
-from data_prep.errors import CollectError
 from data_prep.html_markdown import html_to_markdown, surely_nonempty
 from data_prep.inputs import SiteInput, table_chunks
 from data_prep.pairing import Reply, Thread
+from data_prep.store import INVALID, connect, group_replies, report_orphans
 from data_prep.xml_rows import BadRow, iter_rows
 
 BATCH = 2000
-# Characters that no post should contain: C0/C1 controls (other than tab and newlines), noncharacters, lone surrogates, and
-# U+FFFD (text already damaged by a bad decode upstream).
-_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufdd0-\ufdef\ufffd\ufffe\uffff\ud800-\udfff]")
 _TAGS = re.compile(r"\||><")
 
 SCHEMA = """
@@ -35,18 +31,6 @@ CREATE TABLE IF NOT EXISTS answers (id INTEGER PRIMARY KEY, parent INTEGER, line
 CREATE TABLE IF NOT EXISTS users (id INTEGER PRIMARY KEY, name TEXT);
 CREATE TABLE IF NOT EXISTS votes (post_id INTEGER PRIMARY KEY, up INTEGER, down INTEGER);
 """
-
-
-def connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
-    if readonly:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    else:
-        db = sqlite3.connect(path)
-        # a scratch store: rebuilt from the dump on any failure, so durability is not needed
-        db.executescript("PRAGMA page_size=16384; PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA locking_mode=EXCLUSIVE;")
-    db.execute("PRAGMA cache_size=-65536")  # 64 MiB page cache per connection: the store's memory bound
-    db.execute("PRAGMA temp_store=FILE")
-    return db
 
 
 def split_tags(tags: str | None) -> list[str]:
@@ -151,7 +135,7 @@ def _check_post(attrs) -> tuple[str | None, tuple | None]:
     if body.isspace() or not body:  # the same test as `not body.strip()`, without copying the body
         return "empty_body", None
     title = get("Title") or ""
-    if _INVALID.search(body) or (title and _INVALID.search(title)):
+    if INVALID.search(body) or (title and INVALID.search(title)):
         return "invalid_characters", None
     try:
         owner = get("OwnerUserId")
@@ -227,32 +211,13 @@ def ingest_site(site: SiteInput, db_path: Path, cfg, stats: Stats, progress: Cal
             db.execute("CREATE INDEX IF NOT EXISTS answers_parent ON answers(parent, id)")
         # answers whose question is not in the dump (deleted, or a malformed question row): dropped here, once per site
         label = site.tables["Posts"].label
-        orphans = db.execute("SELECT COUNT(*) FROM answers a LEFT JOIN questions q ON q.id = a.parent WHERE q.id IS NULL").fetchone()[0]
-        if orphans:
-            for aid, parent, line in db.execute("SELECT a.id, a.parent, a.line FROM answers a LEFT JOIN questions q ON "
-                                                "q.id = a.parent WHERE q.id IS NULL ORDER BY a.id LIMIT ?", (stats.max_rejects,)):
-                stats.drop("replies", "question_missing", {"file": label, "line": line, "id": str(aid), "parent": parent}, 0)
-            stats.drop("replies", "question_missing", None, orphans)
+        report_orphans(db, stats, child="answers", parent="questions", link="parent", columns="c.id, c.parent, c.line",
+                       reason="question_missing",
+                       sample=lambda aid, parent, line: {"file": label, "line": line, "id": str(aid), "parent": parent})
         n_questions = db.execute("SELECT COUNT(*) FROM questions").fetchone()[0]
     finally:
         db.close()
     return {"site": site.site, "db": str(db_path), "questions": n_questions, "db_bytes": db_path.stat().st_size}
-
-
-def partition_bounds(db_path: Path, parts: int) -> list[tuple[int, int]]:
-    """`parts` contiguous question-id ranges of about equal size (from the primary key, so cheap); fixed by the data alone."""
-    db = connect(db_path, readonly=True)
-    try:
-        n = db.execute("SELECT COUNT(*) FROM questions").fetchone()[0]
-        if n == 0:
-            return [(0, -1)]
-        cuts = [db.execute("SELECT id FROM questions ORDER BY id LIMIT 1 OFFSET ?", (k * n // parts,)).fetchone()[0]
-                for k in range(parts)]
-        last = db.execute("SELECT MAX(id) FROM questions").fetchone()[0]
-    finally:
-        db.close()
-    cuts = sorted(set(cuts))
-    return [(lo, (cuts[i + 1] - 1) if i + 1 < len(cuts) else last) for i, lo in enumerate(cuts)]
 
 
 # -------------------------------------------------------------------------------------------------------------- phase 2: threads
@@ -273,15 +238,7 @@ def site_threads(site: str, db_path: Path, posts_label: str, lo: int, hi: int, c
             "SELECT a.parent, a.id, a.line, a.score, a.body, a.owner, COALESCE(u.name, a.owner_name), a.created, a.wiki, "
             "a.license, v.up, v.down FROM answers a LEFT JOIN users u ON u.id = a.owner LEFT JOIN votes v ON v.post_id = a.id "
             "WHERE a.parent BETWEEN ? AND ? ORDER BY a.parent, a.id", (lo, hi))
-        pending = answers.fetchone()
-        for q in questions:
-            qid = q[0]
-            group = []
-            while pending is not None and pending[0] < qid:   # cannot happen (the range is the same), kept for safety
-                pending = answers.fetchone()
-            while pending is not None and pending[0] == qid:
-                group.append(pending)
-                pending = answers.fetchone()
+        for q, group in group_replies(questions, answers):  # answers of questions not in the store are skipped
             thread = _thread(site, base, posts_label, q, group, cfg, stats)
             if thread is not None:
                 yield thread

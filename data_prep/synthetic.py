@@ -39,9 +39,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from data_prep.nested import (NestedDataError, parse_args, prepare_output_dir, write_json_atomic,
-                              write_nested_subsets)
-from data_prep.records import ShardWriter, pair_id
+from data_prep.nested import JSON_FORMAT, NestedDataError, parse_args, prepare_output_dir, write_nested_subsets
+from data_prep.records import ShardWriter, pair_id, write_json_atomic
 
 SOURCE = "synthetic"
 
@@ -116,8 +115,10 @@ def thread_is_test(seed: int, thread: int, test_fraction: float) -> bool:
     return random.Random(f"worldpm-synthetic-split:{seed}:{thread}").random() < test_fraction
 
 
-def generate_thread(seed: int, thread: int, n: int, *, scale: float, reply_words: int, feature_rate: float) -> list[dict]:
-    """The first n pairs of thread `thread` (PairRecords), independent of how many threads or pairs follow."""
+def generate_thread(seed: int, thread: int, n: int, *, scale: float, reply_words: int,
+                    feature_rate: float) -> list[tuple[dict, float, float]]:
+    """The first n pairs of thread `thread`, independent of how many threads or pairs follow: (PairRecord, true reward of
+    chosen, true reward of rejected) each; the rewards are also in the record's meta."""
     rng = random.Random(f"worldpm-synthetic:{seed}:{thread}")
     thread_id = f"synthetic-{seed}-{thread}"
     prompt = [{"role": "user", "content": f"Write a short note about the {rng.choice(TOPICS)}."}]
@@ -131,22 +132,25 @@ def generate_thread(seed: int, thread: int, n: int, *, scale: float, reply_words
         meta = {"pair_index": k, "reward_chosen": r_c, "reward_rejected": r_r, "p_chosen": sigmoid(r_c - r_r),
                 "delta_ab": ra - rb, "features_chosen": feature_counts(chosen), "features_rejected": feature_counts(rejected),
                 "licence": "synthetic (CC0)"}
-        rows.append({"id": pair_id(SOURCE, thread_id, f"{k}{cid}", f"{k}{rid}"), "source": SOURCE, "domain": "synthetic",
-                     "thread_id": thread_id, "prompt": prompt, "chosen": chosen, "rejected": rejected,
-                     "chosen_score": 1.0, "rejected_score": 0.0, "meta": json.dumps(meta, sort_keys=True)})
+        row = {"id": pair_id(SOURCE, thread_id, f"{k}{cid}", f"{k}{rid}"), "source": SOURCE, "domain": "synthetic",
+               "thread_id": thread_id, "prompt": prompt, "chosen": chosen, "rejected": rejected,
+               "chosen_score": 1.0, "rejected_score": 0.0, "meta": json.dumps(meta, sort_keys=True)}
+        rows.append((row, r_c, r_r))
     return rows
 
 
 def generate(n_pairs: int, seed: int, test_fraction: float, *, scale: float, reply_words: int, feature_rate: float,
              pairs_per_thread: int):
-    """Yield (split, PairRecord) for the first n_pairs pairs of the stream, threads in order."""
+    """Yield (split, PairRecord, true reward of chosen, true reward of rejected) for the first n_pairs pairs of the stream,
+    threads in order."""
     thread = 0
     left = n_pairs
     while left > 0:
         n = min(pairs_per_thread, left)
         split = "test" if thread_is_test(seed, thread, test_fraction) else "train"
-        for row in generate_thread(seed, thread, n, scale=scale, reply_words=reply_words, feature_rate=feature_rate):
-            yield split, row
+        for row, r_chosen, r_rejected in generate_thread(seed, thread, n, scale=scale, reply_words=reply_words,
+                                                         feature_rate=feature_rate):
+            yield split, row, r_chosen, r_rejected
         left -= n
         thread += 1
 
@@ -224,11 +228,10 @@ def write_synthetic_dataset(output_dir: str | os.PathLike, n_pairs: int = DEFAUL
     # Each shard appears under its final name only once complete; an error or kill leaves no manifest.json behind.
     with ShardWriter(out / "train", max_rows_per_shard) as train, ShardWriter(out / "test", max_rows_per_shard) as test:
         writers = {"train": train, "test": test}
-        for split, row in _progress(generate(n_pairs, seed, test_fraction, scale=scale, reply_words=reply_words,
+        for split, row, r_chosen, r_rejected in _progress(generate(n_pairs, seed, test_fraction, scale=scale, reply_words=reply_words,
                                              feature_rate=feature_rate, pairs_per_thread=pairs_per_thread), n_pairs):
             writers[split].write(row)
-            meta = json.loads(row["meta"])
-            meters[split].add(meta["reward_chosen"], meta["reward_rejected"])
+            meters[split].add(r_chosen, r_rejected)
             threads[split].add(row["thread_id"])
     shards = {s: [p.name for p in w.shards] for s, w in writers.items()}
     if meters["test"].n == 0 or meters["train"].n == 0:
@@ -242,12 +245,12 @@ def write_synthetic_dataset(output_dir: str | os.PathLike, n_pairs: int = DEFAUL
              "kept": {s: meters[s].n for s in writers}, "threads": {s: len(t) for s, t in threads.items()}, "dropped": {},
              "bayes": bayes, "bayes_bt_loss": bayes["test"]["bt_loss"], "bayes_bt_loss_expected": bayes["test"]["bt_loss_expected"],
              "seconds": round(time.time() - start, 3)}
-    write_json_atomic(out / "stats.json", stats)
+    write_json_atomic(out / "stats.json", stats, **JSON_FORMAT)
     manifest = {"source": SOURCE, "created_by": "data_prep.synthetic", "params": params, "reward": reward,
                 "splits": {s: {"pairs": meters[s].n, "threads": len(threads[s]), "shards": shards[s]} for s in writers},
                 "bayes": bayes, "bayes_bt_loss": bayes["test"]["bt_loss"],
                 "bayes_bt_loss_expected": bayes["test"]["bt_loss_expected"], "complete": True}
-    write_json_atomic(out / "manifest.json", manifest)
+    write_json_atomic(out / "manifest.json", manifest, **JSON_FORMAT)
     if nested_sizes:
         root = Path(nested_dir) if nested_dir is not None else out.with_name(out.name + "-nested")
         try:
@@ -259,10 +262,8 @@ def write_synthetic_dataset(output_dir: str | os.PathLike, n_pairs: int = DEFAUL
 
 
 def _progress(items, total):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # tqdm is a base dependency; data boxes without it still work
-        return items
+    from tqdm import tqdm  # a base dependency
+
     return tqdm(items, total=total, desc="synthetic pairs", unit="pair", disable=None, mininterval=1.0)
 
 

@@ -20,7 +20,7 @@ import math
 import random
 from pathlib import Path
 
-from data_prep.records import pair_id, write_pairs
+from data_prep.records import pair_id, write_json_atomic, write_pairs
 
 SITES = {
     "cooking.stackexchange.com": ["boil eggs", "proof bread dough", "sear a steak", "keep rice from sticking", "store fresh herbs",
@@ -132,9 +132,9 @@ def write_dataset(out_dir: str | Path, train_pairs: int, test_pairs: int, seed: 
     for split, rows in splits.items():
         write_pairs(rows, out_dir / split)
     stats = {"source": "synthetic", "lengths": lengths, "seed": seed, "noise": noise, "kept": {k: len(v) for k, v in splits.items()}, "dropped": {}}
-    (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-    (out_dir / "manifest.json").write_text(json.dumps({"complete": True, "splits": {k: len(v) for k, v in splits.items()},
-                                                       "generator": "data_prep.synthetic_pairs"}, indent=2) + "\n")
+    write_json_atomic(out_dir / "stats.json", stats, indent=2)
+    write_json_atomic(out_dir / "manifest.json", {"complete": True, "splits": {k: len(v) for k, v in splits.items()},
+                                                  "generator": "data_prep.synthetic_pairs"}, indent=2)  # last: marks it complete
     return out_dir
 
 

@@ -353,6 +353,19 @@ def test_contamination_audit_drop_and_flag(tmp_path):
     assert {r["thread_id"] for r in flagged} == {"1"} and stats["contamination"]["flagged_pairs_train"] == len(flagged) > 0
 
 
+def test_contamination_flag_mode_counts_pairs_with_a_flagged_reply(tmp_path):
+    files = _benchmarks(tmp_path / "x", "nothing in common with the site at all, just a long enough benchmark prompt here",
+                        "Hydration is h = frac w f where w_1 is water keep h 0.8 Bakers percentages are by weight")
+    bench = "[" + ",".join(str(f) for f in files) + "]"
+    stats, _ = collect(tmp_path / "f", "pairs.max_per_question=null", f"contamination.benchmarks={bench}", "contamination.mode=flag",
+                       "split.test_fraction=0.5")
+    metas = {r["id"]: json.loads(r["meta"]) for r in rows(tmp_path / "f")}
+    flagged = {i for i, m in metas.items() if m["chosen"].get("contaminated") or m["rejected"].get("contaminated")}
+    assert flagged and not any(m.get("contaminated_prompt") for m in metas.values())
+    c = stats["contamination"]
+    assert c["flagged_pairs_sampled"] == c.get("flagged_pairs_train", 0) + c.get("flagged_pairs_test", 0) == len(flagged)
+
+
 def test_completed_output_is_refused_unless_overwrite_and_a_crash_leaves_no_manifest(tmp_path, monkeypatch):
     out = tmp_path / "o"
     collect(out)
@@ -403,6 +416,52 @@ def test_reddit_shp_rules_by_hand(tmp_path):
     stats, _ = collect(tmp_path / "p", "pairs.max_per_question=null", "pairs.order_rule=null", "source.min_comment_score=1",
                        source="reddit", path=REDDIT)
     assert ("c1", "c3") in by_answers(tmp_path / "p") and stats["rows"]["comments"]["comment"] == 8
+
+
+def test_reddit_comments_of_a_dropped_post_between_kept_posts_are_skipped(tmp_path):
+    """A comment whose post was dropped (NSFW here) and whose post id lies between two kept posts: counted once as
+    post_missing_or_dropped, and the later post still gets its own comments (the merge-join must skip it, not stall on it)."""
+    import zstandard
+
+    def sub(sid, **extra):
+        return {"id": sid, "subreddit": "AskCulinary", "author": f"op{sid}", "title": f"Question {sid}?", "selftext": "Body.",
+                "is_self": True, "over_18": False, "score": 50, "created_utc": 1600000000, **extra}
+
+    def com(cid, link, score, t):
+        return {"id": cid, "link_id": f"t3_{link}", "parent_id": f"t3_{link}", "author": f"u{cid}", "body": f"Answer {cid}.",
+                "score": score, "created_utc": t, "subreddit": "AskCulinary"}
+
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    subs = [sub("p1"), sub("p3", over_18=True), sub("p7")]  # base 36: p1 < p3 < p7
+    coms = [com("c1", "p1", 20, 1600000200), com("c2", "p1", 5, 1600000100), com("c3", "p3", 9, 1600000100),
+            com("c4", "p7", 20, 1600000200), com("c5", "p7", 5, 1600000100)]
+    for name, lines in (("RS_2023-02.zst", subs), ("RC_2023-02.zst", coms)):
+        (dump / name).write_bytes(zstandard.ZstdCompressor().compress("".join(json.dumps(x) + "\n" for x in lines).encode()))
+    for parts in (1, 2):
+        out = tmp_path / f"o{parts}"
+        stats, _ = collect(out, "pairs.max_per_question=null", f"partitions={parts}", source="reddit", path=dump)
+        assert all(stats["identities"].values()) and stats["replies"]["dropped"] == {"post_missing_or_dropped": 1}
+        assert stats["replies"]["usable"] == 4 and stats["questions"]["paired"] == 2
+        assert set(by_answers(out)) == {("c1", "c2"), ("c4", "c5")}
+
+
+def test_reddit_reader_needs_neither_the_stack_exchange_reader_nor_lxml():
+    code = ("import sys, data_prep.reddit; bad = [m for m in ('data_prep.stackexchange', 'data_prep.xml_rows', "
+            "'data_prep.html_markdown', 'lxml') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_reddit_subreddit_filter_ignores_case(tmp_path):
+    stats, _ = collect(tmp_path / "o", "pairs.max_per_question=null", "source.subreddits=[askculinary]", source="reddit",
+                       path=REDDIT)
+    assert stats["rows"]["submissions"]["submission"] == 2 and stats["rows"]["comments"]["comment"] == 7
+    assert set(by_answers(tmp_path / "o")) == {("c1", "c2"), ("c3", "c2")}
+    stats, _ = collect(tmp_path / "p", "source.subreddits=[AskScience]", source="reddit", path=REDDIT)
+    assert stats["rows"]["submissions"] == {"read": 7, "dropped": {"bad_json": 1, "other_subreddit": 6}}
+    assert stats["rows"]["comments"] == {"read": 12, "dropped": {"bad_json": 1, "other_subreddit": 11}}
+    assert stats["output"]["train"] + stats["output"]["test"] == 0 and all(stats["identities"].values())
 
 
 def test_reddit_identical_across_worker_counts(tmp_path):
@@ -485,3 +544,22 @@ def test_dump_generator_compact_mode_reproduces_the_shipped_sample_and_forum_mod
     forum, short = body_lengths(tmp_path / "forum"), body_lengths(tmp_path / "short")
     tail = lambda xs: sorted(xs)[int(0.99 * len(xs))] / statistics.median(xs)  # noqa: E731
     assert tail(forum) > 2 * tail(short) and max(forum) > 3 * max(short)
+
+
+def test_atomic_json_writers_keep_the_old_file_on_failure_and_leave_no_temporary(tmp_path):
+    from data_prep.records import clear_output_dir, write_json_atomic, write_jsonl_atomic
+
+    path = tmp_path / "stats.json"
+    write_json_atomic(path, {"b": "é", "a": 1}, indent=2, ensure_ascii=False)
+    assert path.read_bytes() == '{\n  "b": "é",\n  "a": 1\n}\n'.encode()
+    with pytest.raises(TypeError):
+        write_json_atomic(path, {"a": object()})
+    with pytest.raises(TypeError):
+        write_jsonl_atomic(tmp_path / "rejects.jsonl", [{"a": 1}, {"b": object()}])
+    assert json.loads(path.read_text()) == {"b": "é", "a": 1} and sorted(p.name for p in tmp_path.iterdir()) == ["stats.json"]
+    write_jsonl_atomic(tmp_path / "rejects.jsonl", [{"a": 1}, {"b": 2}])
+    assert (tmp_path / "rejects.jsonl").read_text() == '{"a": 1}\n{"b": 2}\n'
+    (tmp_path / "train").mkdir()
+    (tmp_path / "manifest.json").write_text("{}")
+    clear_output_dir(tmp_path, ("train", "stats.json", "test"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rejects.jsonl"]
