@@ -1,8 +1,9 @@
 """Stack Exchange post bodies (rendered HTML) -> markdown.
 
 Two converters, the field's libraries, chosen with `source.converter`:
-- `html_to_markdown` (default): the Rust-core html-to-markdown package, ~10x faster than markdownify on these bodies (measured:
-  0.32 ms vs 3.7 ms for a 1 KB answer), which decides the collector's throughput (README, "Speed and memory");
+- `html_to_markdown` (default): the Rust-core html-to-markdown package, ~19x faster than markdownify on these bodies (0.148 vs
+  2.81 ms per KB of HTML, `scripts/bench_collect.py`'s convert step), which decides the collector's throughput (README,
+  "Speed and memory");
 - `markdownify`: markdownify on BeautifulSoup/lxml, the converter StackLLaMA's pairs were made with.
 Both keep fenced code blocks with their language (Stack Exchange marks it `lang-xxx` on <pre>, other renderers `language-xxx` on
 <code>), inline code, links, lists, tables, block quotes and headings; LaTeX stays as written (markdown escaping of `_`, `*` and
