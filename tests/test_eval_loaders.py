@@ -237,3 +237,32 @@ def test_max_items_subsamples_each_subtask_reproducibly():
     a = load("rewardbench", ASSETS / "rewardbench" / "filtered.jsonl", max_items=2)
     b = load("rewardbench", ASSETS / "rewardbench" / "filtered.jsonl", max_items=2)
     assert by_subtask(a) == {"chat": 2, "chat_hard": 2, "safety": 2, "reasoning": 2} and [i.uid for i in a] == [i.uid for i in b]
+
+
+def test_json_lines_locators_name_the_file_line_in_one_pass(tmp_path, monkeypatch):
+    from worldpm.eval import sources
+
+    rows = [{"a": 1}, {"a": 2}, {"a": 3}]
+    path = tmp_path / "x.jsonl.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write("\n" + json.dumps(rows[0]) + "\r\n\n  \n" + json.dumps(rows[1]) + "\n" + json.dumps(rows[2]))
+    opened = []
+    real = sources._open_text
+    monkeypatch.setattr(sources, "_open_text", lambda p: opened.append(p) or real(p))
+    records = sources.read_local(path)
+    assert [r.data for r in records] == rows and [r.where for r in records] == [f"{path}:2", f"{path}:5", f"{path}:6"]
+    assert opened == [path]  # decompressed once
+
+
+def test_rmb_reads_through_read_local_and_refuses_a_json_object(tmp_path):
+    src = ASSETS / "rmb" / "RMB_dataset" / "Pairwise_set" / "Harmlessness" / "S1.json"
+    d = tmp_path / "RMB_dataset" / "Pairwise_set" / "Harmlessness"
+    d.mkdir(parents=True)
+    rows = [{k: v for k, v in r.items() if k != "category_path"} for r in json.loads(src.read_text())]
+    (d / "S1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    items = load("rmb", tmp_path / "RMB_dataset")
+    assert by_subtask(items) == {"harmlessness_pairwise": 3} and items[1].where == f"{d / 'S1.jsonl'}:2"
+    assert {i.group for i in items} == {"Pairwise_set/Harmlessness/S1"}  # the file's path, data suffix dropped
+    (d / "S2.json").write_text(json.dumps({"conversation_input": []}))
+    with pytest.raises(UserError, match=r"S2.json: expected a JSON list of RMB records, got a JSON dict"):
+        load("rmb", tmp_path / "RMB_dataset")

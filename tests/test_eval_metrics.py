@@ -7,8 +7,8 @@ import pytest
 
 from worldpm.eval.bootstrap import percentile_ci, ratio_replicates, rng_for
 from worldpm.eval.categories import aggregate
-from worldpm.eval.items import Item
-from worldpm.eval.metrics import best_of_k, item_stats, oracle_best_of_k, roc_auc
+from worldpm.eval.items import Item, group_indices
+from worldpm.eval.metrics import accuracy_by, accuracy_of, best_of_k, item_stats, oracle_best_of_k, roc_auc
 
 
 def pair_item(rule="pair", n=2, pairs=((0, 1),), subtask="s", group="", **kw):
@@ -26,6 +26,24 @@ def test_pairwise_accuracy_counts_a_tie_as_wrong_and_bt_loss_is_the_formula():
     stats = item_stats(items, rewards)
     assert stats.accuracy == pytest.approx(1 / 3)
     assert stats.bt_loss == pytest.approx((softplus_neg(1.0) + math.log(2) + softplus_neg(-2.0)) / 3, rel=1e-6)
+
+
+def test_group_indices_and_accuracy_by_match_item_stats_on_each_slice():
+    items = [pair_item("pair", 3, [(0, 1), (0, 2)], subtask="a", group="x", meta={"flags": ["f", "g"]}),
+             pair_item("all", 3, [(0, 1), (0, 2)], subtask="b", group="", meta={"flags": ["g"]}),
+             pair_item("top_share", 3, [(0, 1), (0, 2)], subtask="a", group="x", meta={"flags": []}),
+             pair_item("pair", 2, subtask="b", group="y", meta={"flags": ["f"]})]
+    rewards = [np.array(r, dtype=float) for r in ([1, 0, 1], [2, 1, 0], [1, 1, 0], [0, 1])]
+    assert group_indices(items, "subtask") == {"a": [0, 2], "b": [1, 3]}
+    assert group_indices(items, lambda it: it.group or None) == {"x": [0, 2], "y": [3]}
+    assert group_indices(items, lambda it: it.meta["flags"]) == {"f": [0, 3], "g": [0, 1]}
+    by = accuracy_by(items, rewards, "group")
+    assert list(by) == ["", "x", "y"]
+    for g, ix in group_indices(items, "group").items():
+        stats = item_stats([items[i] for i in ix], [rewards[i] for i in ix])
+        assert by[g] == {"n": len(ix), "accuracy": stats.accuracy} and accuracy_of(items, rewards, ix) == stats.accuracy
+    assert accuracy_of(items, rewards) == item_stats(items, rewards).accuracy
+    assert accuracy_of(items, rewards, []) is None
 
 
 def test_rmb_best_of_n_counts_only_if_the_best_beats_every_loser():
@@ -177,6 +195,14 @@ def test_bootstrap_ci_contains_the_estimate_shrinks_with_n_and_covers():
     assert 0.88 <= covered / 200 <= 0.99
 
 
+def test_percentile_ci_needs_min_samples_finite_replicates():
+    reps = np.array([np.nan, *np.linspace(0.0, 1.0, 9)])
+    assert percentile_ci(reps, 0.9) == pytest.approx([0.05, 0.95])
+    assert percentile_ci(reps, 0.9, min_samples=9) == percentile_ci(reps, 0.9)
+    assert percentile_ci(reps, 0.9, min_samples=10) is None
+    assert percentile_ci(np.full(3, np.nan)) is None
+
+
 def test_bootstrap_resamples_items_not_pairs():
     rng = np.random.default_rng(2)
     outcome = (rng.random(40) < 0.6).astype(float)
@@ -201,3 +227,13 @@ def test_categories_average_their_subtasks_and_skip_uncategorised():
     assert out["objective"]["accuracy"] is None and out["objective"]["n_subtasks"] == 1
     assert out["subjective"] == {"bt_loss": None, "accuracy": None, "n_subtasks": 0, "subtasks": [], "bt_loss_ci": None,
                                  "accuracy_ci": None}
+
+
+def test_order_categories_puts_the_papers_first_then_the_rest_sorted():
+    from worldpm.eval.categories import order_categories
+    from worldpm.eval.scaling_points import order_keys
+
+    assert order_categories({"zeta", "subjective", "in_distribution"}) == ["subjective", "in_distribution", "zeta"]
+    assert order_categories({"zeta", "subjective"}, all_paper=True) == ["adversarial", "objective", "subjective", "zeta"]
+    assert order_keys(["zeta", "objective", "adversarial"], "category") == ["adversarial", "objective", "zeta"]
+    assert order_keys(["b/y", "a/x", "b/y"], "subtask") == ["a/x", "b/y"]

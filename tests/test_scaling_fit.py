@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from worldpm.errors import UserError
+from worldpm.eval import power_law
 from worldpm.eval.power_law import check_points, fit_power_law, fit_saturating, trend
 from worldpm.eval.scaling import scaling_pattern
 
@@ -72,6 +73,14 @@ def test_saturating_form_recovers_l_inf_b_and_alpha():
     assert cover_l >= 8 and cover_a >= 8, (cover_l, cover_a)
 
 
+def test_curves_from_stored_fit_dicts_match_predict():
+    pl = fit_power_law(D, pure_curve(0), n_bootstrap=0)
+    sat = fit_saturating(D, saturating_curve(0), n_bootstrap=0)
+    grid = np.geomspace(D[0], D[-1], 7)
+    assert np.array_equal(power_law.power_law_curve(pl.to_dict(), grid), pl.predict(grid))
+    assert np.array_equal(power_law.saturating_curve(sat.to_dict(), grid), sat.predict(grid))
+
+
 def test_saturating_form_on_a_pure_power_law_puts_l_inf_near_zero():
     fit = fit_saturating(D, (D / 10.0) ** -0.1, n_bootstrap=0)
     assert fit.l_inf < 0.02 and fit.alpha == pytest.approx(0.1, abs=0.01)
@@ -134,3 +143,15 @@ def test_trend_and_pattern_readings():
     assert scaling_pattern(["decreasing", "flat", "decreasing"]) == "mixed"
     assert scaling_pattern(["decreasing", "undetermined", "decreasing"]) == "scales"
     assert scaling_pattern(["undetermined"]) == "undetermined"
+
+
+def test_run_dir_prefers_evals_config_and_falls_back_to_the_model_path(tmp_path):
+    from worldpm.eval.scaling_points import _run_dir
+
+    here = tmp_path / "evals" / "step-10" / "results.json"
+    ckpt = "runs/a/checkpoints/step-00000010/hf"
+    assert _run_dir({"model_path": "/elsewhere/hf", "config": {"checkpoints": "all", "run_dir": "runs/a/"}}, here) == "runs/a"
+    assert _run_dir({"model_path": ckpt, "config": {"checkpoints": None, "run_dir": "ignored"}}, here) == "runs/a"
+    assert _run_dir({"model_path": ckpt, "config": {"benchmark": ["x"]}}, here) == "runs/a"   # older files: no run_dir
+    assert _run_dir({"model_path": "runs/b/final"}, here) == "runs/b"
+    assert _run_dir({"model_path": None}, here) == str(tmp_path / "evals")

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections import Counter, defaultdict
+from collections import Counter
 from typing import Mapping
 
 import numpy as np
 
 from worldpm.errors import UserError
 from worldpm.eval.bootstrap import rng_for
-from worldpm.eval.items import Item
+from worldpm.eval.items import Item, group_indices
 
 log = logging.getLogger("worldpm.eval")
 
@@ -41,11 +41,8 @@ def subsample(items: list[Item], max_items: int | None, seed: int, name: str) ->
     """At most `max_items` items per subtask: a seeded random subset, kept in file order."""
     if not max_items:
         return items
-    by_subtask: dict[str, list[int]] = defaultdict(list)
-    for i, item in enumerate(items):
-        by_subtask[item.subtask].append(i)
     keep = []
-    for subtask, idx in by_subtask.items():
+    for subtask, idx in group_indices(items, "subtask").items():
         if len(idx) > max_items:
             idx = sorted(rng_for(seed, name, subtask, "subsample").choice(idx, size=int(max_items), replace=False).tolist())
         keep.extend(idx)

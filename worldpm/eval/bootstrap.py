@@ -34,9 +34,10 @@ def ratio_replicates(pairs: list[tuple[np.ndarray, np.ndarray]], rng: np.random.
     return out
 
 
-def percentile_ci(replicates: np.ndarray, confidence: float = 0.95) -> list[float] | None:
+def percentile_ci(replicates: np.ndarray, confidence: float = 0.95, min_samples: int = 1) -> list[float] | None:
+    """The central `confidence` percentile interval of the finite replicates; None with fewer than `min_samples` of them."""
     finite = replicates[np.isfinite(replicates)]
-    if len(finite) == 0:
+    if len(finite) < max(min_samples, 1):
         return None
     tail = 100.0 * (1.0 - confidence) / 2.0
     lo, hi = np.percentile(finite, [tail, 100.0 - tail])

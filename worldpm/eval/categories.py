@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 
@@ -18,6 +18,13 @@ from worldpm.eval.bootstrap import percentile_ci
 log = logging.getLogger("worldpm.eval")
 CATEGORIES = ("adversarial", "objective", "subjective")
 ALLOWED = (*CATEGORIES, "in_distribution")
+
+
+def order_categories(present: Iterable[str], all_paper: bool = False) -> list[str]:
+    """The paper's categories first, in its order (every one with `all_paper`, else those in `present`), then the rest of
+    `present` alphabetically."""
+    present = set(present)
+    return [c for c in CATEGORIES if all_paper or c in present] + sorted(present - set(CATEGORIES))
 
 
 def category_of(name: str, bcfg: Mapping, subtask: str) -> str | None:
@@ -36,7 +43,7 @@ def aggregate(subtasks: Mapping[str, Mapping], replicates: Mapping[str, Mapping[
     """subtasks: {"bench/subtask": result with "category"}; replicates: {"bench/subtask": {"accuracy": r, "bt_loss": r}}."""
     out = {}
     present = {s["category"] for s in subtasks.values() if s.get("category")}
-    for category in [*CATEGORIES, *sorted(present - set(CATEGORIES))]:
+    for category in order_categories(present, all_paper=True):
         members = [k for k, s in subtasks.items() if s.get("category") == category]
         entry = {"bt_loss": None, "accuracy": None, "n_subtasks": len(members), "subtasks": members}
         for metric in ("bt_loss", "accuracy"):

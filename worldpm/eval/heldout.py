@@ -5,15 +5,15 @@ One subtask, `test`. Official: accuracy per source and for the most frequent dom
 from __future__ import annotations
 
 import logging
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
 from worldpm.errors import UserError
-from worldpm.eval.items import Item
-from worldpm.eval.metrics import accuracy_of, item_stats
+from worldpm.eval.items import Item, group_indices
+from worldpm.eval.metrics import accuracy_by, accuracy_of
 
 log = logging.getLogger("worldpm.eval")
 TOP_DOMAINS = 20
@@ -51,14 +51,8 @@ def load(bcfg: Mapping, name: str) -> list[Item]:
 
 
 def official(items: list[Item], rewards: list[np.ndarray], bcfg: Mapping) -> dict:
-    def acc(ix):
-        return {"n": len(ix), "accuracy": accuracy_of(items, rewards, ix)}
-
-    sources: dict[str, list[int]] = defaultdict(list)
-    domains: dict[str, list[int]] = defaultdict(list)
-    for i, item in enumerate(items):
-        sources[item.group].append(i)
-        domains[item.meta["domain"]].append(i)
+    domains = group_indices(items, lambda it: it.meta["domain"])
     top = [d for d, _ in Counter({d: len(ix) for d, ix in domains.items()}).most_common(TOP_DOMAINS)]
-    return {"accuracy": item_stats(items, rewards).accuracy, "by_source": {s: acc(ix) for s, ix in sorted(sources.items())},
-            "by_domain": {d: acc(domains[d]) for d in top}, "n_domains": len(domains)}
+    return {"accuracy": accuracy_of(items, rewards), "by_source": accuracy_by(items, rewards, "group"),
+            "by_domain": {d: {"n": len(domains[d]), "accuracy": accuracy_of(items, rewards, domains[d])} for d in top},
+            "n_domains": len(domains)}

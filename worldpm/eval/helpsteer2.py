@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import logging
 import re
-from collections import defaultdict
 from typing import Mapping
 
 import numpy as np
 
 from worldpm.errors import UserError
 from worldpm.eval.items import Item
-from worldpm.eval.metrics import accuracy_of, item_stats
+from worldpm.eval.metrics import accuracy_by, accuracy_of
 from worldpm.eval.sources import need, records_for
 
 log = logging.getLogger("worldpm.eval")
@@ -58,9 +57,4 @@ def load(bcfg: Mapping, name: str) -> list[Item]:
 
 
 def official(items: list[Item], rewards: list[np.ndarray], bcfg: Mapping) -> dict:
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, item in enumerate(items):
-        groups[item.group].append(i)
-    return {"accuracy": item_stats(items, rewards).accuracy,
-            "by_strength": {g: {"n": len(ix), "accuracy": accuracy_of(items, rewards, ix)}
-                            for g, ix in sorted(groups.items())}}
+    return {"accuracy": accuracy_of(items, rewards), "by_strength": accuracy_by(items, rewards, "group")}

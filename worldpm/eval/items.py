@@ -13,6 +13,7 @@ BT loss always averages -log sigmoid(r_preferred - r_dispreferred) over the item
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
 
 RULES = ("pair", "all", "top_share")
 
@@ -44,3 +45,15 @@ class Item:
 
 def conversation(prompt: list[dict], reply: str) -> list[dict]:
     return [*prompt, {"role": "assistant", "content": reply}]
+
+
+def group_indices(items: Sequence[Item], key: str | Callable[[Item], str | Iterable[str] | None]) -> dict[str, list[int]]:
+    """Indices of `items` per group, groups in first-seen order. `key` is an Item attribute name (`"subtask"`, `"group"`) or a
+    function of an item giving its group, None (the item is left out) or a list of groups (the item is in each)."""
+    get = (lambda item: getattr(item, key)) if isinstance(key, str) else key
+    groups: dict[str, list[int]] = {}
+    for i, item in enumerate(items):
+        g = get(item)
+        for name in ([] if g is None else [g] if isinstance(g, str) else g):
+            groups.setdefault(name, []).append(i)
+    return groups

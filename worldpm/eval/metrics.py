@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from worldpm.eval.items import Item
+from worldpm.eval.items import Item, group_indices
 
 
 @dataclass
@@ -55,10 +55,9 @@ def bt_pair_losses(better: np.ndarray, worse: np.ndarray) -> np.ndarray:
     return bt_losses(torch.as_tensor(better), torch.as_tensor(worse)).double().numpy()
 
 
-def item_stats(items: Sequence[Item], rewards: Sequence[np.ndarray]) -> ItemStats:
+def _accuracy_units(items: Sequence[Item], idx: np.ndarray, better: np.ndarray, worse: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(units won, accuracy units, pairs) per item, under each item's rule."""
     n = len(items)
-    idx, better, worse = pair_rewards(items, rewards)
-    losses = bt_pair_losses(better, worse)
     pairs_n = np.bincount(idx, minlength=n).astype(np.float64)
     won = np.bincount(idx, weights=(better > worse).astype(np.float64), minlength=n)
     tied = np.bincount(idx, weights=(better == worse).astype(np.float64), minlength=n)
@@ -72,16 +71,29 @@ def item_stats(items: Sequence[Item], rewards: Sequence[np.ndarray]) -> ItemStat
             acc_sum[i], acc_n[i] = float(pairs_n[i] > 0 and won[i] == pairs_n[i]), has_pairs[i]
         else:  # top_share: the preferred response shares the top with the rivals it ties
             acc_sum[i], acc_n[i] = (1.0 / (1.0 + tied[i]) if pairs_n[i] > 0 and lost[i] == 0 else 0.0), has_pairs[i]
-    return ItemStats(acc_sum, acc_n, np.bincount(idx, weights=losses, minlength=n), pairs_n)
+    return acc_sum, acc_n, pairs_n
 
 
-def accuracy_of(items: Sequence[Item], rewards: Sequence[np.ndarray], idx: Sequence[int]) -> float | None:
-    """Accuracy over the items at `idx` (a slice of a benchmark: a subset, a scenario, a flag)."""
-    return item_stats([items[i] for i in idx], [rewards[i] for i in idx]).accuracy
+def item_stats(items: Sequence[Item], rewards: Sequence[np.ndarray]) -> ItemStats:
+    idx, better, worse = pair_rewards(items, rewards)
+    acc_sum, acc_n, pairs_n = _accuracy_units(items, idx, better, worse)
+    losses = bt_pair_losses(better, worse)
+    return ItemStats(acc_sum, acc_n, np.bincount(idx, weights=losses, minlength=len(items)), pairs_n)
 
 
-def pairwise_accuracy(better: np.ndarray, worse: np.ndarray) -> float | None:
-    return float(np.mean(better > worse)) if len(better) else None
+def accuracy_of(items: Sequence[Item], rewards: Sequence[np.ndarray], idx: Sequence[int] | None = None) -> float | None:
+    """Accuracy over the items at `idx` (a slice of a benchmark: a subset, a scenario, a flag; None: all items). Equal to
+    `item_stats(...).accuracy` without computing BT losses."""
+    if idx is not None:
+        items, rewards = [items[i] for i in idx], [rewards[i] for i in idx]
+    acc_sum, acc_n, _ = _accuracy_units(items, *pair_rewards(items, rewards))
+    n = acc_n.sum()
+    return float(acc_sum.sum() / n) if n else None
+
+
+def accuracy_by(items: Sequence[Item], rewards: Sequence[np.ndarray], key) -> dict[str, dict]:
+    """{group: {"n": items, "accuracy": ...}} in sorted group order; `key` as in `items.group_indices`."""
+    return {g: {"n": len(ix), "accuracy": accuracy_of(items, rewards, ix)} for g, ix in sorted(group_indices(items, key).items())}
 
 
 # ---------------------------------------------------------------------- best-of-K

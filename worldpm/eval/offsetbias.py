@@ -7,14 +7,13 @@ One subtask, `offsetbias`. Official: accuracy, and per bias type for EvalBiasBen
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Mapping
 
 import numpy as np
 
 from worldpm.errors import UserError
 from worldpm.eval.items import Item
-from worldpm.eval.metrics import accuracy_of, item_stats
+from worldpm.eval.metrics import accuracy_by, accuracy_of
 from worldpm.eval.sources import Record, need, records_for
 
 
@@ -45,10 +44,4 @@ def load(bcfg: Mapping, name: str) -> list[Item]:
 
 
 def official(items: list[Item], rewards: list[np.ndarray], bcfg: Mapping) -> dict:
-    groups: dict[str, list[int]] = defaultdict(list)
-    for i, item in enumerate(items):
-        if item.group:
-            groups[item.group].append(i)
-    return {"accuracy": item_stats(items, rewards).accuracy,
-            "by_bias": {g: {"n": len(ix), "accuracy": accuracy_of(items, rewards, ix)}
-                        for g, ix in sorted(groups.items())}}
+    return {"accuracy": accuracy_of(items, rewards), "by_bias": accuracy_by(items, rewards, lambda it: it.group or None)}

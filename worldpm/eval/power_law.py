@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from worldpm.errors import UserError
+from worldpm.eval.bootstrap import percentile_ci
+
+_MIN_BOOTSTRAP = 10  # fewer finite resamples than this give no bootstrap interval
 
 
 def check_points(x: Sequence[float], y: Sequence[float], what: str = "fit", min_points: int = 2) -> tuple[np.ndarray, np.ndarray]:
@@ -59,13 +62,14 @@ def _r2(Y: np.ndarray, pred: np.ndarray) -> float | None:
     return 1.0 - ss_res / ss_tot
 
 
-def _percentile_ci(samples: np.ndarray, level: float) -> list[float] | None:
-    samples = samples[np.isfinite(samples)]
-    if len(samples) < 10:
-        return None
-    tail = 50.0 * (1.0 - level)
-    lo, hi = np.percentile(samples, [tail, 100.0 - tail])
-    return [float(lo), float(hi)]
+def power_law_curve(fit: Mapping, x) -> np.ndarray:
+    """L(x) = exp(intercept + slope * log x) for a power-law fit given as a dict (`PowerLawFit.to_dict()`, as results store it)."""
+    return np.exp(fit["intercept"] + fit["slope"] * np.log(np.asarray(x, dtype=float)))
+
+
+def saturating_curve(fit: Mapping, x) -> np.ndarray:
+    """L(x) = L_inf + b_ref * (x / x_ref)^-alpha for a saturating fit given as a dict (`SaturatingFit.to_dict()`)."""
+    return fit["l_inf"] + fit["b_ref"] * np.power(np.asarray(x, dtype=float) / fit["x_ref"], -fit["alpha"])
 
 
 def trend(ci: Sequence[float] | None) -> str:
@@ -100,7 +104,7 @@ class PowerLawFit:
     n_bootstrap: int = 0
 
     def predict(self, x) -> np.ndarray:
-        return np.exp(self.intercept + self.slope * np.log(np.asarray(x, dtype=float)))
+        return power_law_curve(vars(self), x)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -135,13 +139,13 @@ def fit_power_law(x: Sequence[float], y: Sequence[float], *, ci: float = 0.95, n
         sxx_b = ((Xb - xm) ** 2).sum(axis=1)
         ok = sxx_b > 1e-12 * max(float(((X - X.mean()) ** 2).sum()), 1e-300)  # resamples with one distinct x have no slope
         boot_slopes = ((Xb - xm) * (Yb - ym)).sum(axis=1)[ok] / sxx_b[ok]
-        slope_ci_boot = _percentile_ci(boot_slopes, ci)
+        slope_ci_boot = percentile_ci(boot_slopes, ci, min_samples=_MIN_BOOTSTRAP)
         boot_alpha = -boot_slopes
         if len(boot_alpha) and (boot_alpha > 0).all():
             boot_int = (ym[ok, 0] - boot_slopes * xm[ok, 0])
             with np.errstate(over="ignore"):
                 log_xc = boot_int / boot_alpha
-            ci_log = _percentile_ci(log_xc, ci)
+            ci_log = percentile_ci(log_xc, ci, min_samples=_MIN_BOOTSTRAP)
             if ci_log is not None and max(abs(v) for v in ci_log) < 700:
                 x_c_ci = [math.exp(ci_log[0]), math.exp(ci_log[1])]
 
@@ -176,7 +180,7 @@ class SaturatingFit:
     b_ref: float = 0.0              # B at x_ref units: L = L_inf + b_ref * (x/x_ref)^-alpha
 
     def predict(self, x) -> np.ndarray:
-        return self.l_inf + self.b_ref * np.power(np.asarray(x, dtype=float) / self.x_ref, -self.alpha)
+        return saturating_curve(vars(self), x)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -264,7 +268,8 @@ def fit_saturating(x: Sequence[float], y: Sequence[float], *, ci: float = 0.95, 
                 continue
             boot.append(p)
     boot = np.asarray(boot).reshape(-1, 3)
+    enough = len(boot) >= n_bootstrap / 2
     return SaturatingFit(n=len(z), l_inf=l_inf, b=float(b) if np.isfinite(b) else None, alpha=alpha, r2=_r2(np.log(y), pred),
-                         at_bound=at_bound, l_inf_ci=_percentile_ci(boot[:, 0], ci) if len(boot) >= n_bootstrap / 2 else None,
-                         alpha_ci=_percentile_ci(boot[:, 2], ci) if len(boot) >= n_bootstrap / 2 else None,
+                         at_bound=at_bound, l_inf_ci=percentile_ci(boot[:, 0], ci, min_samples=_MIN_BOOTSTRAP) if enough else None,
+                         alpha_ci=percentile_ci(boot[:, 2], ci, min_samples=_MIN_BOOTSTRAP) if enough else None,
                          ci_level=ci, n_bootstrap=int(len(boot)), x_ref=x_ref, b_ref=b_ref)

@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import logging
 import re
-from collections import defaultdict
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
 from worldpm.errors import UserError
-from worldpm.eval.items import Item
-from worldpm.eval.metrics import accuracy_of, best_of_k, item_stats, oracle_best_of_k, roc_auc
+from worldpm.eval.items import Item, group_indices
+from worldpm.eval.metrics import accuracy_by, accuracy_of, best_of_k, oracle_best_of_k, roc_auc
 from worldpm.eval.sources import Record, data_files, is_data_file, messages, need, read_hub, read_local
 
 log = logging.getLogger("worldpm.eval")
@@ -127,22 +126,16 @@ def load(bcfg: Mapping, name: str) -> list[Item]:
     return items
 
 
+def _flags_on(item: Item) -> list[str]:
+    return [f for f, on in item.meta.get("flags", {}).items() if on]
+
+
 def official(items: list[Item], rewards: list[np.ndarray], bcfg: Mapping) -> dict:
-    by_subtask: dict[str, list[int]] = defaultdict(list)
-    for i, item in enumerate(items):
-        by_subtask[item.subtask].append(i)
     out: dict = {}
-    for subtask, idx in by_subtask.items():
+    for subtask, idx in group_indices(items, "subtask").items():
         part, part_r = [items[i] for i in idx], [np.asarray(rewards[i]) for i in idx]
         if part[0].correct is None:
-            flags = defaultdict(list)
-            for i, item in zip(idx, part):
-                for flag, on in item.meta.get("flags", {}).items():
-                    if on:
-                        flags[flag].append(i)
-            out[subtask] = {"accuracy": item_stats(part, part_r).accuracy, "n": len(part),
-                            "by_flag": {f: {"n": len(ix), "accuracy": accuracy_of(items, rewards, ix)}
-                                        for f, ix in sorted(flags.items())}}
+            out[subtask] = {"accuracy": accuracy_of(part, part_r), "n": len(part), "by_flag": accuracy_by(part, part_r, _flags_on)}
             continue
         k_max = max(len(it.responses) for it in part)
         ks = list(range(1, k_max + 1))
@@ -151,7 +144,7 @@ def official(items: list[Item], rewards: list[np.ndarray], bcfg: Mapping) -> dic
         curve = np.nanmean(curves, axis=0)
         per_prompt_auc = [a for a in (roc_auc(r, it.correct) for it, r in zip(part, part_r)) if a is not None]
         out[subtask] = {
-            "n_prompts": len(part), "accuracy": item_stats(part, part_r).accuracy,
+            "n_prompts": len(part), "accuracy": accuracy_of(part, part_r),
             "best_of_k": {"k": ks, "expected_correctness": curve.tolist(), "oracle": np.nanmean(oracle, axis=0).tolist()},
             "end_score": float(curve[-1]), "max_achieved": float(np.nanmax(curve)), "random_pick": float(curve[0]),
             "roc_auc": roc_auc(np.concatenate(part_r), np.concatenate([it.correct for it in part])),

@@ -7,14 +7,13 @@ is the mean of the four section scores.
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Mapping
 
 import numpy as np
 
 from worldpm.errors import UserError
 from worldpm.eval.items import Item
-from worldpm.eval.metrics import item_stats
+from worldpm.eval.metrics import accuracy_by
 from worldpm.eval.sources import need, records_for
 
 
@@ -49,13 +48,7 @@ def section_scores(subset_accuracy: Mapping[str, float], sections: Mapping[str, 
 
 
 def official(items: list[Item], rewards: list[np.ndarray], bcfg: Mapping) -> dict:
-    by_subset: dict[str, list[int]] = defaultdict(list)
-    for i, item in enumerate(items):
-        by_subset[item.group].append(i)
-    subsets = {}
-    for subset, idx in sorted(by_subset.items()):
-        stats = item_stats([items[i] for i in idx], [rewards[i] for i in idx])
-        subsets[subset] = {"n": len(idx), "accuracy": stats.accuracy}
+    subsets = accuracy_by(items, rewards, "group")
     sections = section_scores({s: v["accuracy"] for s, v in subsets.items()}, bcfg["sections"])
     missing = [s for s in bcfg["sections"] if s not in sections]
     return {"subsets": subsets, "sections": sections, "sections_missing": missing,

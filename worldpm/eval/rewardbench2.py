@@ -12,14 +12,13 @@ BT loss: over (chosen, rejected) pairs for the best-of-4 subsets, over (correct,
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from typing import Mapping
 
 import numpy as np
 
 from worldpm.errors import UserError
-from worldpm.eval.items import Item
-from worldpm.eval.metrics import item_stats
+from worldpm.eval.items import Item, group_indices
+from worldpm.eval.metrics import accuracy_of
 from worldpm.eval.sources import need, records_for, text_list
 
 log = logging.getLogger("worldpm.eval")
@@ -98,17 +97,14 @@ def ties_score(items: list[Item], rewards: list[np.ndarray]) -> dict:
 
 
 def official(items: list[Item], rewards: list[np.ndarray], bcfg: Mapping) -> dict:
-    by_subtask: dict[str, list[int]] = defaultdict(list)
-    for i, item in enumerate(items):
-        by_subtask[item.subtask].append(i)
     scores, ties = {}, None
-    for subtask, idx in sorted(by_subtask.items()):
+    for subtask, idx in sorted(group_indices(items, "subtask").items()):
         part, part_r = [items[i] for i in idx], [rewards[i] for i in idx]
         if subtask == "ties":
             ties = ties_score(part, part_r)
             scores[subtask] = ties["score"]
         else:
-            scores[subtask] = item_stats(part, part_r).accuracy
+            scores[subtask] = accuracy_of(part, part_r)
     present = [v for v in scores.values() if v is not None]
     return {"subsets": scores, "ties": ties, "overall": float(np.mean(present)) if present else None,
             "subsets_missing": [s for s in dict(bcfg["subsets"]).values() if s not in scores]}

@@ -13,16 +13,15 @@ file inside it).
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
 from worldpm.errors import UserError
-from worldpm.eval.items import Item
-from worldpm.eval.metrics import accuracy_of
-from worldpm.eval.sources import Record, locate, messages, need, read_json_any
+from worldpm.eval.items import Item, group_indices
+from worldpm.eval.metrics import accuracy_by, accuracy_of
+from worldpm.eval.sources import DATA_SUFFIXES, Record, data_files, locate, messages, need, read_local
 
 GOALS = ("helpfulness", "harmlessness")
 
@@ -42,21 +41,22 @@ def _answer(rec: Record, value, key: str) -> str:
     return value["answer"]
 
 
+def _scenario(file: Path, root: Path) -> str:
+    """The file's path below the dataset directory without its data suffix: RMB's category_path when a record lacks one."""
+    rel = str(file.relative_to(root)) if root.is_dir() else file.name
+    suffix = next((s for s in sorted(DATA_SUFFIXES, key=len, reverse=True) if rel.endswith(s)), "")
+    return rel[: len(rel) - len(suffix)]
+
+
 def load(bcfg: Mapping, name: str) -> list[Item]:
     where = locate(bcfg.get("path"), name)
     if isinstance(where, str):
         raise UserError(f"benchmark {name}: {where} does not exist (RMB is read from its RMB_dataset directory; it is not on the hub)")
-    files = [where] if where.is_file() else sorted(p for p in where.rglob("*.json") if not p.name.startswith("."))
-    if not files:
-        raise UserError(f"benchmark {name}: no .json files under {where}")
+    files = [where] if where.is_file() else data_files(where, name)
     items = []
     for file in files:
-        doc = read_json_any(file)
-        if not isinstance(doc, list):
-            raise UserError(f"{file}: expected a JSON list of RMB records, got a JSON {type(doc).__name__}")
-        rel = str(file.relative_to(where).with_suffix("")) if where.is_dir() else file.stem
-        for i, row in enumerate(doc):
-            rec = Record(row, f"{file}[record {i}]")
+        rel = _scenario(file, where)
+        for rec in read_local(file, list_of="RMB records"):
             conv = messages(rec, need(rec, "conversation_input", list, "a list of messages"), "conversation_input")
             category_path = rec.data.get("category_path") or rel
             if not isinstance(category_path, str):
@@ -83,13 +83,10 @@ def load(bcfg: Mapping, name: str) -> list[Item]:
 
 
 def official(items: list[Item], rewards: list[np.ndarray], bcfg: Mapping) -> dict:
-    by_scenario: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
-    for i, item in enumerate(items):
-        by_scenario[item.subtask][item.group].append(i)
     out = {}
-    for subtask, scenarios in sorted(by_scenario.items()):
-        acc = {s: accuracy_of(items, rewards, ix) for s, ix in sorted(scenarios.items())}
-        all_ix = [i for ix in scenarios.values() for i in ix]
-        out[subtask] = {"accuracy_pooled": accuracy_of(items, rewards, all_ix),
+    for subtask, idx in sorted(group_indices(items, "subtask").items()):
+        part, part_r = [items[i] for i in idx], [rewards[i] for i in idx]
+        acc = {s: v["accuracy"] for s, v in accuracy_by(part, part_r, "group").items()}
+        out[subtask] = {"accuracy_pooled": accuracy_of(part, part_r),
                         "accuracy_scenario_mean": float(np.mean(list(acc.values()))), "n_scenarios": len(acc), "scenarios": acc}
     return out

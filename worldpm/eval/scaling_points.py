@@ -2,9 +2,9 @@
 
 Each results.json carries the `checkpoint` block (the training run's state.json: model_name, n_params, pairs_seen, seed,
 data_path, step) that places it on the curves. A run is identified by its directory (the one holding `checkpoints/` and
-`final/`, derived from `model_path`) plus model, seed and data path; within a run, two evaluations at the same x (the last
-`step-*` checkpoint and `final/`) are one point, kept once and counted. Levels: `category` (results["categories"]) and
-`subtask` (results["benchmarks"][b]["subtasks"][s], keyed "benchmark/subtask").
+`final/`: eval's `config.run_dir`, else derived from `model_path`) plus model, seed and data path; within a run, two
+evaluations at the same x (the last `step-*` checkpoint and `final/`) are one point, kept once and counted. Levels:
+`category` (results["categories"]) and `subtask` (results["benchmarks"][b]["subtasks"][s], keyed "benchmark/subtask").
 """
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from worldpm.errors import UserError
+from worldpm.eval.categories import order_categories
 
 log = logging.getLogger("worldpm.scaling")
 
-CATEGORY_ORDER = ("adversarial", "objective", "subjective")
 LEVELS = ("category", "subtask")
 
 
@@ -79,8 +79,15 @@ def find_results(runs: Sequence[str]) -> list[Path]:
     return unique
 
 
-def _run_dir(model_path: str | None, results_path: Path) -> str:
-    """The training run's directory: the parent of `checkpoints/step-*/` or of `final/` (an `hf/` export is looked through)."""
+def _run_dir(results: dict, results_path: Path) -> str:
+    """The training run's directory: eval's `config.run_dir` when it evaluated a checkpoint series; otherwise (a single
+    model_path, or results written before eval kept its config) guessed from `model_path`: the parent of
+    `checkpoints/step-*/` or of `final/` (an `hf/` export is looked through)."""
+    config = results.get("config") if isinstance(results.get("config"), dict) else {}
+    run_dir = config.get("run_dir") if config.get("checkpoints") is not None else None
+    if isinstance(run_dir, str) and run_dir:
+        return str(Path(run_dir).expanduser())
+    model_path = results.get("model_path")
     if not model_path:
         return str(results_path.parent.parent)
     p = Path(model_path)
@@ -128,7 +135,7 @@ def read_results(path: Path, metric: str, x_key: str, levels: Iterable[str]) -> 
     model = ckpt.get("model_name")
     if not model:
         return [], "no checkpoint.model_name"
-    run = _run_dir(results.get("model_path"), path)
+    run = _run_dir(results, path)
     common = dict(model=str(model), n_params=_number(ckpt.get("n_params"), "checkpoint.n_params", path),
                   n_params_non_embedding=_number(ckpt.get("n_params_non_embedding"), "checkpoint.n_params_non_embedding", path),
                   run=f"{run}|{model}|{ckpt.get('seed')}|{ckpt.get('data_path')}", seed=ckpt.get("seed"), x=x,
@@ -196,8 +203,5 @@ def gather(runs: Sequence[str], metric: str = "bt_loss", x_key: str = "pairs_see
 
 
 def order_keys(keys: Iterable[str], level: str) -> list[str]:
-    """The paper's categories first, in its order; everything else alphabetically."""
-    keys = set(keys)
-    if level == "category":
-        return [k for k in CATEGORY_ORDER if k in keys] + sorted(keys - set(CATEGORY_ORDER))
-    return sorted(keys)
+    """Categories in `categories.order_categories` order (the paper's first); subtask keys alphabetically."""
+    return order_categories(keys) if level == "category" else sorted(set(keys))

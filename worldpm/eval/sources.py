@@ -75,23 +75,29 @@ def read_json_any(path: Path) -> Any:
         except json.JSONDecodeError as exc:
             if exc.msg != "Extra data":  # a .json file that is really JSON lines falls through to the line reader
                 raise UserError(f"{path}: not valid JSON at line {exc.lineno} ({exc.msg})") from None
-    rows = []
-    for lineno, line in enumerate(text.splitlines(), 1):
+    rows = _JsonLines()
+    for lineno, line in enumerate(text.split("\n"), 1):  # text mode reads \r\n and \r as \n
         if not line.strip():
             continue
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as exc:
             raise UserError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-    return _JsonLines(rows)
+        rows.lines.append(lineno)
+    return rows
 
 
 class _JsonLines(list):
-    """Marks records read line by line, so locators name the line."""
+    """Records read line by line, with the (1-based) line each came from, so locators name the line."""
+
+    def __init__(self):
+        super().__init__()
+        self.lines: list[int] = []
 
 
-def read_local(path: Path) -> list[Record]:
-    """Records of one file: a JSON list / JSON lines / parquet rows. (A JSON object is returned as one Record.)"""
+def read_local(path: Path, list_of: str | None = None) -> list[Record]:
+    """Records of one file: a JSON list / JSON lines / parquet rows. A JSON object is returned as one Record, or, with
+    `list_of` (what the records are, for the message), refused."""
     if path.name.endswith(".parquet"):
         import pyarrow.parquet as pq
 
@@ -102,16 +108,12 @@ def read_local(path: Path) -> list[Record]:
         return [Record(r, f"{path}[row {i}]") for i, r in enumerate(rows)]
     doc = read_json_any(path)
     if isinstance(doc, _JsonLines):
-        lines = _line_numbers(path)
-        return [Record(r, f"{path}:{lines[i]}") for i, r in enumerate(doc)]
+        return [Record(r, f"{path}:{n}") for r, n in zip(doc, doc.lines)]
     if isinstance(doc, list):
         return [Record(r, f"{path}[record {i}]") for i, r in enumerate(doc)]
+    if list_of:
+        raise UserError(f"{path}: expected a JSON list of {list_of}, got a JSON {type(doc).__name__}")
     return [Record(doc, str(path))]
-
-
-def _line_numbers(path: Path) -> list[int]:
-    with _open_text(path) as f:
-        return [n for n, line in enumerate(f, 1) if line.strip()]
 
 
 def read_hub(hub_id: str, benchmark: str, split: str | None = None, name: str | None = None,

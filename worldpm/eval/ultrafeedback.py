@@ -17,8 +17,8 @@ from typing import Mapping
 import numpy as np
 
 from worldpm.errors import UserError
-from worldpm.eval.items import Item
-from worldpm.eval.metrics import accuracy_of
+from worldpm.eval.items import Item, group_indices
+from worldpm.eval.metrics import accuracy_by, accuracy_of
 from worldpm.eval.sources import Record, messages, need, records_for
 
 log = logging.getLogger("worldpm.eval")
@@ -87,15 +87,10 @@ def load(bcfg: Mapping, name: str) -> list[Item]:
 
 def official(items: list[Item], rewards: list[np.ndarray], bcfg: Mapping) -> dict:
     out = {}
-    by_subtask: dict[str, list[int]] = defaultdict(list)
-    for i, item in enumerate(items):
-        by_subtask[item.subtask].append(i)
-    for subtask, idx in sorted(by_subtask.items()):
+    for subtask, idx in sorted(group_indices(items, "subtask").items()):
         entry = {"accuracy": accuracy_of(items, rewards, idx), "n_items": len(idx)}
         if subtask == "raw":
-            groups: dict[str, list[int]] = defaultdict(list)
-            for i in idx:
-                groups[items[i].group].append(i)
-            entry["by_source"] = {g: accuracy_of(items, rewards, ix) for g, ix in sorted(groups.items())}
+            part, part_r = [items[i] for i in idx], [rewards[i] for i in idx]
+            entry["by_source"] = {g: v["accuracy"] for g, v in accuracy_by(part, part_r, "group").items()}
         out[subtask] = entry
     return out
