@@ -50,6 +50,17 @@ def test_tokenised_pairs_are_exactly_what_the_reward_model_encodes(dataset, tmp_
     assert all(p.chosen[-1] == reward_id and p.rejected[-1] == reward_id for p in pairs)
 
 
+def test_pair_table_costs_are_the_collated_pair_costs(dataset, tmp_path):
+    from worldpm.packing import LAYOUTS, pair_cost
+    from worldpm.tokenizer import load_tokenizer
+
+    table = PairTable(load_split(dataset, "train", load_tokenizer("tiny"), max_length=96, cache_dir=str(tmp_path)))
+    pairs = table.pairs(range(len(table)))
+    for layout in LAYOUTS:
+        assert table.costs(layout).tolist() == [pair_cost(p, layout) for p in pairs], layout
+    assert (table.costs("shared_prompt") < table.tokens).any()  # pairs share their rendered prompt (unless truncated away)
+
+
 def test_tokenisation_is_cached(dataset, tmp_path):
     from worldpm.tokenizer import load_tokenizer
 

@@ -1,24 +1,14 @@
 """The trainer on several ranks (torchrun, CPU, gloo): DeepSpeed ZeRO-1/2 match one process, a 2-rank ZeRO-3 run learns,
 survives SIGKILL and resumes exactly, exports a model that scores like the live one, and two torchrun "nodes" train together."""
-import time
-
 import pytest
 import torch
 
-from tests.train_helpers import (ROOT, eval_loss_of_export, free_port, kill_tree, launch, make_data, metrics, overrides,
-                                 run_in_process, torchrun_cmd)
+from tests.train_helpers import (ROOT, data_fixtures, eval_loss_of_export, free_port, kill_tree, launch, metrics, overrides,
+                                 run_in_process, torchrun_cmd, wait_for_steps)
 
 COMMON = ["trainer.pairs_per_step=16", "trainer.warmup_steps=0", "trainer.lr_schedule=constant", "trainer.lr=2e-3"]
 
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_data(tmp_path_factory.mktemp("train_dist") / "data", 480, 100)
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
+data, cache = data_fixtures("train_dist", 480, 100)
 
 
 def finish(proc, timeout=420):
@@ -81,15 +71,7 @@ def test_zero3_killed_with_sigkill_resumes_exactly(two_node_run, data, cache, tm
     out = tmp_path / "run"
     args = overrides(data, out, cache, *ZERO3)
     proc = launch(torchrun_cmd(2, free_port(), *args))
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        assert proc.poll() is None, proc.stdout.read()[-4000:]
-        try:
-            if len(metrics(out)[0]) >= 11:
-                break
-        except (FileNotFoundError, ValueError):
-            pass
-        time.sleep(0.1)
+    wait_for_steps(out, 11, proc, timeout=300, poll=0.1)
     kill_tree(proc.pid)  # SIGKILL the whole job at once, as when a node dies
     proc.communicate()
     killed_at = len(metrics(out)[0])

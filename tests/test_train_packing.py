@@ -162,3 +162,26 @@ def test_plan_with_fewer_pairs_than_ranks_gives_placeholders():
     assert [len(r) for r in plan] == [1, 1, 1, 1] and sum(mb is None for r in plan for mb in r) == 1
     plan = plan_micro_batches([60, 60, 60], [30, 30, 30], 100, 2)  # 3 bins on 2 ranks: one rank idles once
     assert [len(r) for r in plan] == [2, 2] and sum(mb is None for r in plan for mb in r) == 1
+
+
+def test_pair_costs_from_the_length_arrays_equal_pair_cost():
+    """What the trainer plans with (PairTable's arrays, no pair read) is what each pair costs when collated."""
+    import numpy as np
+
+    from worldpm.packing import pair_cost, pair_costs
+
+    rng = np.random.default_rng(0)
+    pairs = [TokenizedPair([1], [1], 1), TokenizedPair([1, 2], [1, 2], 2), TokenizedPair([3], [4, 5], 0)]  # edge cases
+    for _ in range(20000):
+        shared = rng.integers(0, 4, size=int(rng.integers(0, 30))).tolist()  # a small vocabulary: prefixes run on by chance
+        a = shared + rng.integers(0, 4, size=int(rng.integers(1, 20))).tolist()
+        b = shared + rng.integers(0, 4, size=int(rng.integers(1, 20))).tolist()
+        pairs.append(TokenizedPair(a, b, common_prefix_length(a, b)))
+    tokens = np.array([len(p.chosen) + len(p.rejected) for p in pairs])
+    widths = np.array([max(len(p.chosen), len(p.rejected)) for p in pairs])
+    prefix = np.array([p.prefix for p in pairs])
+    for layout in LAYOUTS:
+        assert pair_costs(tokens, widths, prefix, layout).tolist() == [pair_cost(p, layout) for p in pairs], layout
+    assert (pair_costs(tokens, widths, prefix, "shared_prompt") < tokens).mean() > 0.5  # the shared layout does save tokens
+    for p in pairs[:500]:  # and the cost is the row length collate builds
+        assert collate([p], "shared_prompt").total_tokens == pair_cost(p, "shared_prompt")

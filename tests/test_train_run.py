@@ -3,12 +3,12 @@ handling, the exported model, and one-line errors for bad configs."""
 import json
 import os
 import signal
-import time
 
 import pytest
 import torch
 
-from tests.train_helpers import (PYTHON, eval_loss_of_export, launch, make_data, metrics, overrides, run_in_process)
+from tests.train_helpers import (PYTHON, data_fixtures, eval_loss_of_export, launch, metrics, overrides, run_in_process,
+                                 wait_for_steps)
 
 STEPS = ["trainer.pairs_per_step=8", "trainer.warmup_steps=0", "trainer.lr_schedule=constant", "trainer.lr=3e-3"]
 
@@ -16,14 +16,7 @@ STEPS = ["trainer.pairs_per_step=8", "trainer.warmup_steps=0", "trainer.lr_sched
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_data(tmp_path_factory.mktemp("train_run") / "data", 200, 60)
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
+data, cache = data_fixtures("train_run", 200, 60)
 
 
 @pytest.fixture(scope="module")
@@ -62,25 +55,11 @@ def test_run_layout_state_and_export(reference, data):
     assert eval_loss_of_export(reference / "checkpoints" / "step-00000004" / "hf", data)[0] == pytest.approx(evals[0]["eval/loss"], abs=1e-5)
 
 
-def _wait_for_steps(out, n, proc, timeout=240):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"training exited early ({proc.returncode}):\n{proc.stdout.read()[-3000:]}")
-        try:
-            if len(metrics(out)[0]) >= n:
-                return
-        except (FileNotFoundError, json.JSONDecodeError):
-            pass
-        time.sleep(0.2)
-    raise AssertionError("training did not reach the step in time")
-
-
 def test_sigterm_saves_a_checkpoint_and_the_resumed_run_is_exact(reference, data, cache, tmp_path):
     out = tmp_path / "run"
     proc = launch([PYTHON, "-m", "worldpm.train", *overrides(data, out, cache, *STEPS, "trainer.max_steps=1000",
                                                                 "trainer.save_every=0", "trainer.eval_every=0")])
-    _wait_for_steps(out, 3, proc)
+    wait_for_steps(out, 3, proc)
     proc.send_signal(signal.SIGTERM)
     log = proc.communicate(timeout=120)[0]
     assert proc.returncode == 0, log[-3000:]
@@ -245,3 +224,20 @@ def test_old_checkpoints_are_pruned_to_their_export_so_the_series_survives(data,
     run_in_process(data, tmp_path / "run2", cache, *STEPS, "trainer.max_steps=2", "trainer.save_every=1", "trainer.keep_last=1",
                    "trainer.keep_series=false", "trainer.eval_every=0")
     assert sorted(p.name for p in (tmp_path / "run2" / "checkpoints").iterdir()) == ["step-00000002"]
+
+
+def test_micro_batch_stats_stay_on_the_device_and_match_the_per_pair_values():
+    from worldpm.bt_loss import bt_loss, bt_losses
+    from worldpm.train import STATS, micro_batch_stats
+
+    torch.manual_seed(0)
+    rc, rr = torch.randn(7), torch.randn(7)
+    objective = bt_loss(rc, rr, torch.full((7,), 0.3), 0.01)
+    got = dict(zip(STATS, micro_batch_stats(rc, rr, objective).tolist()))
+    want = {"loss": bt_losses(rc, rr).sum().item(), "objective": objective.item() * 7, "correct": (rc > rr).sum().item(),
+            "rc": rc.sum().item(), "rc2": (rc * rc).sum().item(), "rr": rr.sum().item(), "rr2": (rr * rr).sum().item(),
+            "margin": (rc - rr).sum().item(), "nonfinite": 0}
+    assert got == want  # exactly: float32 sums carried in float64, as the host values were
+    assert dict(zip(STATS, micro_batch_stats(rc, rr, objective * float("nan")).tolist()))["nonfinite"] == 1
+    rc[2] = float("nan")
+    assert dict(zip(STATS, micro_batch_stats(rc, rr, objective).tolist()))["nonfinite"] == 1

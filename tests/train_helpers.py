@@ -3,7 +3,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+from worldpm.distributed import free_port  # noqa: F401 (the tests' launchers take their port from here)
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -16,6 +19,22 @@ def make_data(directory: Path, train_pairs=400, test_pairs=100, seed=0, lengths=
     if not (directory / "manifest.json").exists():
         write_dataset(directory, train_pairs, test_pairs, seed=seed, lengths=lengths)
     return directory
+
+
+def data_fixtures(name: str, train_pairs: int, test_pairs: int):
+    """A test module's module-scoped `data` (a fixture dataset under a temp dir called `name`) and `cache` (tokenisation
+    cache) fixtures: `data, cache = data_fixtures("train_run", 200, 60)` at module level."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def data(tmp_path_factory):
+        return make_data(tmp_path_factory.mktemp(name) / "data", train_pairs, test_pairs)
+
+    @pytest.fixture(scope="module")
+    def cache(tmp_path_factory):
+        return tmp_path_factory.mktemp("cache")
+
+    return data, cache
 
 
 def overrides(data: Path, out: Path, cache: Path, *extra: str) -> list[str]:
@@ -67,27 +86,32 @@ def metrics(out: Path) -> tuple[list[dict], list[dict]]:
     return [r for r in rows if "loss" in r], [r for r in rows if "eval/loss" in r]
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def wait_for_steps(out: Path, n: int, proc: subprocess.Popen, timeout: float = 240, poll: float = 0.2) -> None:
+    """Wait until a launched run has logged `n` training steps; fail with its output if it exits first or takes too long."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, f"training exited early ({proc.returncode}):\n{proc.stdout.read()[-4000:]}"
+        try:
+            if len(metrics(out)[0]) >= n:
+                return
+        except (FileNotFoundError, ValueError):  # not written yet, or a line being written (JSONDecodeError)
+            pass
+        time.sleep(poll)
+    raise AssertionError(f"training did not reach step {n} in {timeout} s")
 
 
 def eval_loss_of_export(model_dir: Path, data: Path, eval_pairs: int = 2000) -> tuple[float, float]:
     """Held-out BT loss / accuracy of an exported model, recomputed from the test shards with RewardModel.score
     (padded batches, a different code path from the trainer's packed one), on the same fixed sample the trainer evaluates."""
-    import numpy as np
     import torch
 
     from data_prep.records import read_pairs
     from worldpm.bt_loss import bt_losses
     from worldpm.reward_model import RewardModel
+    from worldpm.train import eval_subset
 
     rows = read_pairs(Path(data) / "test").to_pylist()
-    keep = sorted(int(i) for i in np.random.default_rng(0).permutation(len(rows))[:eval_pairs])
-    rows = [rows[i] for i in keep]
+    rows = [rows[i] for i in eval_subset(rows, eval_pairs)]
     rm = RewardModel.from_pretrained(model_dir)
     rc = rm.score([r["prompt"] + [{"role": "assistant", "content": r["chosen"]}] for r in rows])
     rr = rm.score([r["prompt"] + [{"role": "assistant", "content": r["rejected"]}] for r in rows])

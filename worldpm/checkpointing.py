@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import random
-import re
 import shutil
 import signal
 from pathlib import Path
@@ -33,14 +32,9 @@ import torch
 from worldpm.atomic_dir import replace_dir
 from worldpm.distributed import Dist, barrier
 from worldpm.errors import UserError
+from worldpm.run_layout import read_state, step_name, step_of
 
 log = logging.getLogger("worldpm.train")
-
-STEP_DIR = re.compile(r"^step-(\d{8})$")
-
-
-def step_name(step: int) -> str:
-    return f"step-{step:08d}"
 
 
 def complete_checkpoints(output_dir: Path) -> list[Path]:
@@ -50,9 +44,9 @@ def complete_checkpoints(output_dir: Path) -> list[Path]:
     found = []
     for d in root.glob("step-*") if root.is_dir() else []:
         state = _read_state(d)
-        if STEP_DIR.match(d.name) and state.get("complete") is True and state.get("resumable", True):
+        if step_of(d) is not None and state.get("complete") is True and state.get("resumable", True):
             found.append(d)
-    return sorted(found, key=lambda d: int(STEP_DIR.match(d.name).group(1)))
+    return sorted(found, key=step_of)
 
 
 def prune(checkpoint: Path, keep_series: bool) -> None:
@@ -72,10 +66,7 @@ def prune(checkpoint: Path, keep_series: bool) -> None:
 
 
 def _read_state(directory: Path) -> dict:
-    try:
-        return json.loads((directory / "state.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
+    return read_state(directory / "state.json") or {}
 
 
 def resolve_resume(output_dir: Path, resume) -> Path | None:
@@ -135,11 +126,7 @@ def save(engine, output_dir: Path, step: int, state: dict, data_state: dict, dis
         shutil.rmtree(tmp, ignore_errors=True)  # debris of a save that was killed
         tmp.mkdir()
     barrier(dist)
-    if engine.stage is None:
-        if dist.is_main:
-            engine.save_state(tmp)
-    else:
-        engine.save_state(tmp)
+    engine.save_state(tmp)  # every rank: its ZeRO partition (the torch engine runs in one process only)
     (tmp / "rng").mkdir(exist_ok=True)
     torch.save(rng_state(), tmp / "rng" / f"rank-{dist.rank:05d}.pt")
     if export is not None:
@@ -163,7 +150,7 @@ def save(engine, output_dir: Path, step: int, state: dict, data_state: dict, dis
 def load(engine, checkpoint: Path, dist: Dist) -> tuple[dict, dict]:
     """Restore engine state and this rank's RNG from a checkpoint; returns (state.json, data.json)."""
     state = _read_state(checkpoint)
-    if state.get("world_size") not in (None, dist.world_size) and engine.stage not in (None,):
+    if state.get("world_size") not in (None, dist.world_size) and engine.stage is not None:
         raise UserError(f"{checkpoint} was written by {state['world_size']} ranks but this job has {dist.world_size}; DeepSpeed "
                         "ZeRO state is per rank: resume with the same number of ranks")
     engine.load_state(checkpoint)

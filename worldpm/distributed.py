@@ -33,17 +33,27 @@ class Dist:
         return self.rank == 0
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for a one-process job's rendezvous, and tests' launchers)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _scheduler_ntasks() -> int:
+    return int(os.environ.get("SLURM_NTASKS") or os.environ.get("SUBMITIT_LOCAL_NTASKS") or 1)
+
+
+def expected_world_size() -> int:
+    """The number of ranks the launcher started, read before any process group exists (torchrun, SLURM, submitit)."""
+    return int(os.environ.get("WORLD_SIZE") or _scheduler_ntasks())
 
 
 def _from_scheduler() -> None:
     """SLURM tasks (srun, submitit) and submitit's local tasks carry their own rank variables, not torch's: translate them."""
     if "RANK" in os.environ:
         return
-    ntasks = int(os.environ.get("SLURM_NTASKS") or os.environ.get("SUBMITIT_LOCAL_NTASKS") or 1)
+    ntasks = _scheduler_ntasks()
     if ntasks <= 1 or not ("SLURM_PROCID" in os.environ or "SUBMITIT_LOCAL_GLOBALID" in os.environ):
         return
     try:  # submitit knows the master node and picks a job-specific port
@@ -80,7 +90,7 @@ def init(use_deepspeed: bool, shm_comm: bool = False) -> Dist:
         return Dist(device=torch.device("cuda", 0) if cuda else torch.device("cpu"))
     if "RANK" not in os.environ:  # one process, no launcher: a world of one (else DeepSpeed looks for MPI)
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
+                          MASTER_PORT=os.environ.get("MASTER_PORT", str(free_port())))
     os.environ.setdefault("LOCAL_RANK", "0")
     import deepspeed
     import deepspeed.ops
@@ -114,10 +124,6 @@ def all_reduce(tensor: torch.Tensor, dist: Dist, op: str = "sum") -> torch.Tenso
         torch.distributed.all_reduce(moved, op=red)
         tensor.copy_(moved.to(tensor.device))
     return tensor
-
-
-def any_rank(flag: bool, dist: Dist) -> bool:
-    return bool(all_reduce(torch.tensor([1.0 if flag else 0.0]), dist, "max").item())
 
 
 def broadcast_object(obj, dist: Dist):

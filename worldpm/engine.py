@@ -97,11 +97,15 @@ def deepspeed_config(ds_cfg: Mapping[str, Any], tcfg) -> dict:
     return cfg
 
 
+def offloads_optimizer(ds_cfg: Mapping[str, Any] | None) -> bool:
+    return bool(ds_cfg) and (ds_cfg.get("zero_optimization", {}).get("offload_optimizer") or {}).get("device") in ("cpu", "nvme")
+
+
 def optimizer_kind(ds_cfg: Mapping[str, Any] | None, tcfg) -> str:
+    """trainer.optimizer, with `auto` = DeepSpeed's CPU Adam when ZeRO offloads the optimizer, else torch AdamW."""
     kind = str(tcfg.optimizer)
-    offload = bool(ds_cfg) and ((ds_cfg.get("zero_optimization", {}).get("offload_optimizer") or {}).get("device") in ("cpu", "nvme"))
     if kind == "auto":
-        return "cpu_adam" if offload else "adamw_torch"
+        return "cpu_adam" if offloads_optimizer(ds_cfg) else "adamw_torch"
     return kind
 
 
@@ -110,21 +114,15 @@ class DeepSpeedEngine:
         import deepspeed
 
         kind = optimizer_kind(ds_config, tcfg)
-        offload = kind != "cpu_adam" and (ds_config["zero_optimization"].get("offload_optimizer") or {}).get("device") in ("cpu", "nvme")
-        if offload:
+        if kind != "cpu_adam" and offloads_optimizer(ds_config):
             ds_config["zero_force_ds_cpu_optimizer"] = False  # torch AdamW on offloaded states: slower, but no JIT build
         optimizer = make_optimizer(model, tcfg, kind)
         scheduler = make_scheduler(optimizer, tcfg, total_steps)
-        self.engine, _, _, self.scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                                                 config=ds_config, dist_init_required=False)
+        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config,
+                                               dist_init_required=False)
         self.stage = int(ds_config["zero_optimization"]["stage"])
         self.dist = dist
         self._hf_ds_config = hf_ds_config  # ZeRO-3: transformers finds the config through a weak reference; keep it alive
-        self.autocast = False
-
-    @property
-    def module(self):
-        return self.engine.module
 
     def train(self):
         self.engine.train()
@@ -195,16 +193,12 @@ class TorchEngine:
 
     def __init__(self, model, tcfg, total_steps: int, dist: Dist):
         self.model = model.to(dist.device)
-        self.optimizer = make_optimizer(model, tcfg, "adamw_torch" if str(tcfg.optimizer) == "auto" else str(tcfg.optimizer))
+        self.optimizer = make_optimizer(model, tcfg, optimizer_kind(None, tcfg))
         self.scheduler = make_scheduler(self.optimizer, tcfg, total_steps)
         self.max_grad_norm = float(tcfg.max_grad_norm)
         self.autocast = tcfg.precision == "bf16"
         self.device = dist.device
         self.stage = None
-
-    @property
-    def module(self):
-        return self.model
 
     def train(self):
         self.model.train()

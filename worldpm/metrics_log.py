@@ -34,9 +34,7 @@ class MetricsLog:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._truncate_after(resumed_step)
-        mode = str((wandb_cfg or {}).get("mode", "disabled"))
-        if mode not in WANDB_MODES:
-            raise ValueError(f"wandb.mode={mode!r}")
+        mode = str((wandb_cfg or {}).get("mode", "disabled"))  # one of WANDB_MODES: train.validate checked it
         if mode != "disabled":
             self.run = self._start_wandb(output_dir, wandb_cfg, mode, run_config)
 

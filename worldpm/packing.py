@@ -21,9 +21,10 @@ The two replies of a pair are always in the same micro-batch: the loss needs bot
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from worldpm.batching import pad_batch
@@ -45,7 +46,7 @@ class TokenizedPair:
 class Segment:
     """A contiguous span [start, start+length) of a row; it sees itself causally and all of its `context` segments."""
 
-    row: int
+    row: int  # the micro-batch row; the packed layouts put a micro-batch in one row (0), kept for multi-row packing
     start: int
     length: int
     context: tuple[int, ...] = ()  # indices (into MicroBatch.segments) of earlier segments of the same row
@@ -69,7 +70,6 @@ class MicroBatch:
     real_tokens: int = 0  # tokens of the scored sequences (a shared prompt counts once per reply): the work done
     total_tokens: int = 0  # positions actually processed, pads included
     pad_tokens: int = 0
-    meta: dict = field(default_factory=dict)
 
     @property
     def n_pairs(self) -> int:
@@ -77,11 +77,21 @@ class MicroBatch:
 
 
 def pair_cost(pair: TokenizedPair, layout: str) -> int:
-    """Tokens a pair adds to a packed row (the padded layout is costed per batch, see micro_batch_cost)."""
+    """Tokens a pair adds to a packed row (the padded layout is costed per batch, by its widest pair: plan_micro_batches)."""
     if layout == "shared_prompt":
         p = shared_prefix(pair)
         return len(pair.chosen) + len(pair.rejected) - p
     return len(pair.chosen) + len(pair.rejected)
+
+
+def pair_costs(tokens: np.ndarray, widths: np.ndarray, prefix: np.ndarray, layout: str) -> np.ndarray:
+    """`pair_cost` of many pairs from their length arrays (tokens = len(chosen) + len(rejected), width = the longer one,
+    prefix = the common prefix), so a step can be planned without reading a pair: min(len - 1) = tokens - width - 1."""
+    tokens = np.asarray(tokens, dtype=np.int64)
+    if layout != "shared_prompt":
+        return tokens
+    shared = np.clip(np.minimum(np.asarray(prefix, dtype=np.int64), tokens - np.asarray(widths, dtype=np.int64) - 1), 0, None)
+    return tokens - shared
 
 
 def shared_prefix(pair: TokenizedPair) -> int:
@@ -293,18 +303,20 @@ def use_attention(model, attention: str, layout: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------- planning
-def plan_micro_batches(tokens: Sequence[int], widths: Sequence[int], capacity: int, world_size: int,
-                       layout: str = "packed", costs: Sequence[int] | None = None) -> list[list[list[int] | None]]:
+def plan_micro_batches(costs: Sequence[int], widths: Sequence[int], capacity: int, world_size: int,
+                       layout: str = "packed") -> list[list[list[int] | None]]:
     """Group one step's pairs into token-budget micro-batches and deal them to ranks: `plan[rank]` is that rank's list.
 
-    - packed / shared_prompt: best-fit decreasing on each pair's token cost, so rows are nearly full and nothing is padded;
+    - packed / shared_prompt: best-fit decreasing on each pair's token cost (`pair_cost(s)`), so rows are nearly full and
+      nothing is padded;
     - padded: pairs sorted by their longer reply and filled in order, which keeps each batch's padding small.
     Every rank gets the same number of micro-batches (ZeRO-3 gathers parameters collectively in every forward): bins are
     split until their count divides the world size, and where that is impossible (fewer pairs than ranks) a rank gets `None`,
     a placeholder micro-batch whose loss counts zero. Deterministic: every rank computes the same plan from the same lengths.
     """
-    n = len(tokens)
-    costs = list(costs) if costs is not None else list(tokens)
+    n = len(costs)
+    costs = [int(c) for c in costs]
+    widths = [int(w) for w in widths]
     if layout == "padded":
         order = sorted(range(n), key=lambda i: (-widths[i], i))
         bins: list[list[int]] = []

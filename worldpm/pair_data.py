@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from worldpm.errors import UserError
-from worldpm.packing import TokenizedPair, common_prefix_length
+from worldpm.packing import TokenizedPair, common_prefix_length, pair_costs
 
 log = logging.getLogger("worldpm.train")
 
@@ -65,17 +65,13 @@ def sources(data_cfg) -> list[Source]:
 
 # ---------------------------------------------------------------------------------------------------------------- tokenising
 def _tokenize_batch(batch, tokenizer, max_length: int, system_prompt: str, margin_column: str | None):
-    from worldpm.chat_format import encode, render
+    from worldpm.chat_format import check_conversation, encode_conversations
 
     convs_c = [list(p) + [{"role": "assistant", "content": c}] for p, c in zip(batch["prompt"], batch["chosen"])]
     convs_r = [list(p) + [{"role": "assistant", "content": r}] for p, r in zip(batch["prompt"], batch["rejected"])]
-    rendered = []
     for pid, conv in zip(batch["id"] * 2, convs_c + convs_r):
-        try:
-            rendered.append(render(conv, system_prompt))
-        except UserError as exc:
-            raise UserError(f"pair {pid}: {exc}") from None
-    ids, _ = encode(tokenizer, rendered, max_length)
+        check_conversation(conv, where=f"pair {pid}")  # a bad row names its pair
+    ids, _ = encode_conversations(tokenizer, convs_c + convs_r, max_length, system_prompt)
     n = len(convs_c)
     chosen, rejected = ids[:n], ids[n:]
     out = {
@@ -131,9 +127,16 @@ class PairTable:
 
     def __init__(self, dataset):
         self.dataset = dataset
-        self.tokens = np.asarray(dataset.data.column("tokens").to_numpy(), dtype=np.int64)
-        self.width = np.asarray(dataset.data.column("width").to_numpy(), dtype=np.int64)
+        column = lambda name: np.asarray(dataset.data.column(name).to_numpy(), dtype=np.int64)  # noqa: E731
+        self.tokens = column("tokens")
+        self.width = column("width")
+        # packing.pair_cost(pair, "shared_prompt") of every pair (the prompt counts once), so no layout reads pairs to plan
+        self.cost = pair_costs(self.tokens, self.width, column("prefix"), "shared_prompt")
         self.has_margin = "margin" in dataset.column_names
+
+    def costs(self, layout: str) -> np.ndarray:
+        """Every pair's `packing.pair_cost` in `layout`."""
+        return self.cost if layout == "shared_prompt" else self.tokens
 
     def __len__(self) -> int:
         return len(self.tokens)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from pathlib import Path
 
@@ -35,17 +34,20 @@ from omegaconf import DictConfig, OmegaConf
 
 from worldpm import checkpointing, distributed, pair_data
 from worldpm.bt_loss import bt_loss, bt_losses
+from worldpm.chat_format import PAD_TOKEN
 from worldpm.config import hydra_entry
 from worldpm.errors import UserError
 from worldpm.metrics_log import WANDB_MODES, MetricsLog
-from worldpm.packing import ATTENTION, LAYOUTS, collate, model_inputs, pair_cost, plan_micro_batches, use_attention
+from worldpm.packing import ATTENTION, LAYOUTS, collate, model_inputs, plan_micro_batches, use_attention
 
 log = logging.getLogger("worldpm.train")
 
 PRECISIONS = ("fp32", "bf16")
-# accumulated per step on each rank, summed over ranks: the order of the metric sums
-SUMS = ("pairs", "loss", "objective", "correct", "rc", "rc2", "rr", "rr2", "margin", "real_tokens", "pad_tokens",
-        "processed_tokens", "nonfinite")
+# Summed per step on each rank, then over ranks in the step's one all_reduce (the order of that tensor). STATS come from the
+# rewards and stay on the device (float64) until then, so a micro-batch costs no host sync; COUNTS are known on the host.
+STATS = ("loss", "objective", "correct", "rc", "rc2", "rr", "rr2", "margin", "nonfinite")
+COUNTS = ("pairs", "real_tokens", "pad_tokens", "processed_tokens", "stop")  # stop: this rank got a preemption signal
+SUMS = STATS + COUNTS
 
 
 # ---------------------------------------------------------------------------------------------------------------- recipe
@@ -145,36 +147,49 @@ def train(cfg: DictConfig, dist: distributed.Dist, signals: checkpointing.Preemp
     layout, attention = str(dcfg.packing), str(dcfg.attention)
     capacity = int(dcfg.max_tokens_per_micro_batch)
     compute_dtype = torch.bfloat16 if tcfg.precision == "bf16" else torch.float32
-    pad_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    pad_id = tokenizer.convert_tokens_to_ids(PAD_TOKEN)
+    world = dist.world_size
 
-    def forward_pairs(pairs):
-        batch = collate(pairs, layout, pad_id)
+    def rank_batches(table, rows) -> list:
+        """This rank's micro-batches of pairs `rows` of `table`: (is a real batch, collated batch) in plan order.
+
+        The plan comes from the length arrays, so only this rank's pairs are read; a placeholder (None) repeats pair 0."""
+        rows = np.asarray(rows, dtype=np.int64)
+        mine = plan_micro_batches(table.costs(layout)[rows], table.width[rows], capacity, world, layout)[dist.rank]
+        needed = sorted({i for mb in mine for i in (mb or [0])})
+        pairs = dict(zip(needed, table.pairs(rows[needed])))
+        return [(mb is not None, collate([pairs[i] for i in (mb or [0])], layout, pad_id)) for mb in mine]
+
+    def forward(batch):
         rewards = engine.forward(**model_inputs(batch, attention, attn_impl, compute_dtype, dist.device))
-        return batch, rewards[batch.chosen.to(rewards.device)], rewards[batch.rejected.to(rewards.device)]
+        return rewards[batch.chosen.to(rewards.device)], rewards[batch.rejected.to(rewards.device)]
+
+    eval_batches = None  # planned, read and collated at the first evaluation, then reused
 
     def evaluate() -> dict:
         """Held-out BT loss and accuracy on the test split; every rank takes part (ZeRO-3 forwards are collective)."""
-        sums = torch.zeros(3, dtype=torch.float64)
-        pairs_all = eval_table.pairs(eval_rows)
-        plan = plan_micro_batches([pair_cost(p, layout) for p in pairs_all], [max(len(p.chosen), len(p.rejected)) for p in pairs_all],
-                                  capacity, dist.world_size, layout)
+        nonlocal eval_batches
+        if eval_batches is None:
+            eval_batches = rank_batches(eval_table, eval_rows)
+        sums = torch.zeros(2, dtype=torch.float64, device=dist.device)  # loss, correct: on the device until the reduce
+        n = 0
         engine.eval()
         with torch.no_grad():
-            for mb in plan[dist.rank]:
-                _, rc, rr = forward_pairs([pairs_all[i] for i in (mb or [0])])
-                if mb is not None:
-                    sums += torch.tensor([len(mb), bt_losses(rc, rr).sum().item(), (rc > rr).sum().item()], dtype=torch.float64)
+            for real, batch in eval_batches:
+                rc, rr = forward(batch)
+                if real:
+                    sums += torch.stack([bt_losses(rc, rr).sum().double(), (rc > rr).sum().double()]).to(sums)
+                    n += batch.n_pairs
         engine.train()
-        distributed.all_reduce(sums, dist)
-        n = sums[0].item()
-        return {"eval/loss": sums[1].item() / n, "eval/accuracy": sums[2].item() / n, "eval/n": int(n)}
+        sums = distributed.all_reduce(torch.cat([sums, torch.tensor([n], dtype=torch.float64, device=sums.device)]), dist)
+        loss, correct, n = sums.tolist()
+        return {"eval/loss": loss / n, "eval/accuracy": correct / n, "eval/n": int(n)}
 
     # 5. the loop
     engine.train()
     bad_in_a_row = 0
     last_save_step = counters["step"] if resume_from else None
     last_eval_step = counters["step"] if resume_from and counters["step"] >= max_steps else None  # a finished run, resumed
-    world = dist.world_size
     progress = make_progress(tcfg, dist, max_steps, counters["step"])
     center = float(cfg.loss.center_coefficient)
     while counters["step"] < max_steps:
@@ -182,33 +197,32 @@ def train(cfg: DictConfig, dist: distributed.Dist, signals: checkpointing.Preemp
         drawn = stream.take(pairs_per_step)
         counters["step"] += 1
         step = counters["step"]
-        pairs = [None] * len(drawn)
-        tokens = [int(tables[src].tokens[row]) for src, row in drawn]
-        widths = [int(tables[src].width[row]) for src, row in drawn]
-        costs = None
-        if layout == "shared_prompt":  # the prompt counts once: fetch the step's pairs to know their shared prefix
-            pairs = fetch(tables, drawn)
-            costs = [pair_cost(p, layout) for p in pairs]
-        plan = plan_micro_batches(tokens, widths, capacity, world, layout, costs)
-        mine = plan[dist.rank]
-        needed = [i for mb in mine for i in (mb or [0])]
-        if layout != "shared_prompt":
-            for i, pair in zip(needed, fetch(tables, [drawn[i] for i in needed])):
-                pairs[i] = pair
-        sums = torch.zeros(len(SUMS), dtype=torch.float64)
+        # the plan needs only the length arrays; this rank then reads just its own pairs
+        costs = np.array([tables[src].costs(layout)[row] for src, row in drawn], dtype=np.int64)
+        widths = np.array([tables[src].width[row] for src, row in drawn], dtype=np.int64)
+        mine = plan_micro_batches(costs, widths, capacity, world, layout)[dist.rank]
+        needed = sorted({i for mb in mine for i in (mb or [0])})
+        pairs = dict(zip(needed, fetch(tables, [drawn[i] for i in needed])))
+        stats = torch.zeros(len(STATS), dtype=torch.float64, device=dist.device)
+        counts = dict.fromkeys(COUNTS, 0)
         lr = engine.lr()
         for mb in mine:
-            batch, rc, rr = forward_pairs([pairs[i] for i in (mb or [0])])
+            batch = collate([pairs[i] for i in (mb or [0])], layout, pad_id)
+            rc, rr = forward(batch)
             margin = batch.margin.to(rc.device) if batch.margin is not None else None
             objective = bt_loss(rc, rr, margin, center)
             scale = 0.0 if mb is None else batch.n_pairs * world / pairs_per_step  # see the module docstring
             engine.backward(objective * scale)
             if mb is not None:
-                sums += micro_batch_sums(batch, rc.detach().float(), rr.detach().float(), bt_losses(rc.detach(), rr.detach()),
-                                         objective.detach())
+                stats += micro_batch_stats(rc.detach(), rr.detach(), objective.detach()).to(stats)
+                for key, value in (("pairs", batch.n_pairs), ("real_tokens", batch.real_tokens),
+                                   ("pad_tokens", batch.pad_tokens), ("processed_tokens", batch.total_tokens)):
+                    counts[key] += value
         applied, grad_norm = engine.step()
-        distributed.all_reduce(sums, dist)
-        s = dict(zip(SUMS, sums.tolist()))
+        counts["stop"] = int(signals.received is not None)  # any rank signalled: all stop after this step
+        sums = torch.cat([stats, torch.tensor([counts[k] for k in COUNTS], dtype=torch.float64, device=stats.device)])
+        s = dict(zip(SUMS, distributed.all_reduce(sums, dist).tolist()))  # the step's one host sync
+        stop = s["stop"] > 0
         elapsed = time.perf_counter() - started
         nonfinite = s["nonfinite"] > 0 or not math.isfinite(s["loss"])
         skipped = nonfinite or not applied
@@ -233,7 +247,6 @@ def train(cfg: DictConfig, dist: distributed.Dist, signals: checkpointing.Preemp
         if eval_rows and int(tcfg.eval_every) > 0 and (step % int(tcfg.eval_every) == 0 or step == max_steps):
             metrics.log({"step": step, "pairs_seen": counters["pairs_seen"], **evaluate()})
             last_eval_step = step
-        stop = distributed.any_rank(signals.received is not None, dist)
         if (int(tcfg.save_every) > 0 and step % int(tcfg.save_every) == 0) or step == max_steps or stop:
             save_checkpoint_now()
             last_save_step = step
@@ -279,7 +292,7 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"trainer.max_steps={tcfg.max_steps} must be >= 0")
     if not float(tcfg.lr) > 0:
         raise UserError(f"trainer.lr={tcfg.lr} must be > 0")
-    world = int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or os.environ.get("SUBMITIT_LOCAL_NTASKS") or 1)
+    world = distributed.expected_world_size()
     if int(tcfg.pairs_per_step) < world:
         raise UserError(f"trainer.pairs_per_step={tcfg.pairs_per_step} is smaller than the {world} ranks of this job: "
                         "every rank needs at least one pair per step")
@@ -418,16 +431,18 @@ def fetch(tables, drawn) -> list:
     return out
 
 
-def micro_batch_sums(batch, rc, rr, losses, objective) -> torch.Tensor:
-    n = batch.n_pairs
+def micro_batch_stats(rc: torch.Tensor, rr: torch.Tensor, objective: torch.Tensor) -> torch.Tensor:
+    """A micro-batch's STATS as one float64 tensor on the rewards' device (no host sync). `loss` is the plain BT loss, the
+    `objective` the loss trained on (with the margin and centring terms when set), summed over pairs."""
+    rc, rr = rc.float(), rr.float()
+    losses = bt_losses(rc, rr)
+    n = rc.numel()
+    finite = torch.isfinite(losses).all() & torch.isfinite(objective)
     values = {
-        "pairs": n, "loss": losses.sum().item(), "objective": objective.item() * n, "correct": (rc > rr).sum().item(),
-        "rc": rc.sum().item(), "rc2": (rc * rc).sum().item(), "rr": rr.sum().item(), "rr2": (rr * rr).sum().item(),
-        "margin": (rc - rr).sum().item(), "real_tokens": batch.real_tokens, "pad_tokens": batch.pad_tokens,
-        "processed_tokens": batch.total_tokens,
-        "nonfinite": int(not (torch.isfinite(losses).all().item() and math.isfinite(objective.item()))),
+        "loss": losses.sum(), "objective": objective.double() * n, "correct": (rc > rr).sum(), "rc": rc.sum(),
+        "rc2": (rc * rc).sum(), "rr": rr.sum(), "rr2": (rr * rr).sum(), "margin": (rc - rr).sum(), "nonfinite": ~finite,
     }
-    return torch.tensor([values[k] for k in SUMS], dtype=torch.float64)
+    return torch.stack([values[k].double() for k in STATS])
 
 
 def step_metrics(s: dict, counters: dict, grad_norm: float, lr: float, elapsed: float, skipped: bool, epoch: float) -> dict:

@@ -8,17 +8,15 @@ directory, one still being written) is skipped with a log line.
 """
 from __future__ import annotations
 
-import json
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from worldpm.errors import UserError
+from worldpm.run_layout import read_state, step_of
 
 log = logging.getLogger("worldpm.eval")
-STEP_DIR = re.compile(r"step-\d+")
 
 
 @dataclass
@@ -26,14 +24,6 @@ class Checkpoint:
     name: str          # step-00000120 | final
     model_dir: Path    # what RewardModel.from_pretrained loads
     state: dict
-
-
-def read_state(path: Path) -> dict | None:
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return state if isinstance(state, dict) else None
 
 
 def find_state(model_path: str | None) -> dict:
@@ -65,7 +55,7 @@ def discover(run_dir: str | Path, which: str | Sequence[str]) -> list[Checkpoint
     if not run.is_dir():
         raise UserError(f"run_dir {run} is not a directory (a training output_dir with checkpoints/ and final/)")
     found: list[Checkpoint] = []
-    steps = sorted(p for p in (run / "checkpoints").glob("step-*") if p.is_dir() and STEP_DIR.fullmatch(p.name))
+    steps = sorted(p for p in (run / "checkpoints").glob("step-*") if p.is_dir() and step_of(p) is not None)
     for step_dir in steps:
         ckpt = _complete(step_dir.name, step_dir / "hf", step_dir / "state.json")
         if ckpt:
