@@ -1,9 +1,16 @@
-"""Putting a fully written directory in place of another in one step, so readers see the old one or the new one, never half."""
+"""Atomic writes: a file or directory is written under a temporary name beside its destination and renamed into place, so
+readers see the old one or the new one, never half of one."""
 from __future__ import annotations
 
+import contextlib
+import json
+import math
 import os
 import shutil
 from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
@@ -18,3 +25,45 @@ def replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside `path` (same suffix, so writers that infer the format from it still do) to write to; renamed to
+    `path` when the block ends normally, removed when it raises."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def jsonable(obj: Any) -> Any:
+    """Plain JSON: numpy scalars and arrays to Python, nan / inf to null."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """`obj` as strict JSON (jsonable: non-finite numbers become null), written atomically."""
+    return write_text(path, json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n")

@@ -4,12 +4,11 @@ curves, the style-control fits; and, for a checkpoint series, `series.md` with t
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from worldpm.eval.categories import CATEGORIES
-from worldpm.eval.results import write_text
+from worldpm.atomic_dir import atomic_path, write_text
+from worldpm.eval.categories import order_categories
 
 
 
@@ -50,9 +49,8 @@ def headline(bench: str, results: Mapping) -> list[tuple[str, Any]]:
 
 
 def _save(fig, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
 
 
 def category_plot(results: Mapping, category: str, path: Path) -> Path | None:
@@ -165,7 +163,7 @@ def write_report(results: Mapping, out_dir: Path, plots: bool = True) -> Path:
 
 def write_series_report(series: list[Mapping], out_dir: Path, plots: bool = True) -> Path:
     """series: [{"name", "step", "pairs_seen", "categories": {...}}] in training order."""
-    names = list(CATEGORIES) + sorted({c for s in series for c in s.get("categories", {})} - set(CATEGORIES))
+    names = order_categories({c for s in series for c in s.get("categories", {})}, all_paper=True)
     lines = ["# Checkpoint series", "", "| checkpoint | step | pairs seen | " + " | ".join(f"{c} BT loss" for c in names) + " |",
              "|---|---:|---:|" + "---|" * len(names)]
     for s in series:

@@ -8,15 +8,12 @@ and style fit in results.json.
 """
 from __future__ import annotations
 
-import json
-import math
-import os
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from worldpm.atomic_dir import atomic_path, jsonable, write_json, write_text  # noqa: F401 (imported from here by eval modules)
 
 REWARDS_SCHEMA = pa.schema([
     ("benchmark", pa.string()), ("subtask", pa.string()), ("group", pa.string()), ("item", pa.string()),
@@ -24,37 +21,6 @@ REWARDS_SCHEMA = pa.schema([
     ("beats", pa.list_(pa.int32())), ("correct", pa.bool_()), ("style", pa.string()), ("reply_tokens", pa.int32()),
     ("seq_tokens", pa.int32()), ("headers", pa.int32()), ("list_items", pa.int32()), ("bold", pa.int32()),
 ])
-
-
-def jsonable(obj: Any) -> Any:
-    """Plain JSON: numpy scalars and arrays to Python, nan / inf to null."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, (np.bool_,)):
-        return bool(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    return obj
-
-
-def write_json(path: Path, obj: Any) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
-def write_text(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 def reward_rows(name: str, items, scored, features) -> list[dict]:
@@ -73,7 +39,6 @@ def reward_rows(name: str, items, scored, features) -> list[dict]:
 
 
 def write_rewards(path: Path, rows: list[dict]) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(pa.Table.from_pylist(rows, schema=REWARDS_SCHEMA), tmp, compression="zstd")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(pa.Table.from_pylist(rows, schema=REWARDS_SCHEMA), tmp, compression="zstd")
     return path

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from worldpm.atomic_dir import write_text
 from worldpm.config import hydra_entry
 from worldpm.errors import UserError
 from worldpm.eval.power_law import fit_power_law, fit_saturating
@@ -55,14 +56,9 @@ def model_size(model: dict, param: str) -> float | None:
     return model.get(param) or model.get("n_params")
 
 
-def _ci_settings(cfg) -> dict:
-    b = cfg.bootstrap
-    return dict(ci=float(cfg.ci), seed=int(b.seed))
-
-
 def data_scaling(gathered: Gathered, cfg, models: list[dict]) -> list[dict]:
     fits = []
-    settings = _ci_settings(cfg)
+    settings = dict(ci=float(cfg.ci), seed=int(cfg.bootstrap.seed))
     min_x = float(cfg.min_pairs or 0)
     for level in cfg.levels:
         keys = order_keys({p.key for p in gathered.points if p.level == level}, level)
@@ -131,7 +127,8 @@ def model_scaling(gathered: Gathered, cfg, models: list[dict]) -> list[dict]:
             try:
                 entry["power_law"] = fit_power_law([p["n"] for p in points], [p["loss"] for p in points],
                                                    n_bootstrap=int(cfg.bootstrap.n), min_points_bootstrap=int(cfg.bootstrap.min_points),
-                                                   what=f"model-size fit of {level} {key!r}", **_ci_settings(cfg)).to_dict()
+                                                   what=f"model-size fit of {level} {key!r}", ci=float(cfg.ci),
+                                                   seed=int(cfg.bootstrap.seed)).to_dict()
             except UserError as exc:
                 entry["error"] = str(exc)
             out.append(entry)
@@ -270,15 +267,13 @@ def write_report(path: Path, result: dict, figures: list[str]) -> None:
                          f"{_g(r['l_inf'], '.4f')}{_ci(r['l_inf_ci'], '.4f')} | {_g(r['l_inf_minus_bayes'], '+.4f')} | {inside} |")
     if inp["skipped"]:
         lines += ["", "## Skipped results", ""] + [f"- {s_['path']}: {s_['reason']}" for s_ in inp["skipped"]]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_text(path, "\n".join(lines) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------------------- verb
 
 
-def _as_list(value, name: str) -> list[str]:
+def _as_list(value) -> list[str]:
     if value is None:
         return []
     if isinstance(value, (list, tuple, ListConfig)):
@@ -292,12 +287,12 @@ def run(cfg: DictConfig) -> dict:
     for key in ("runs", "output_dir"):
         if OmegaConf.is_missing(cfg, key) or cfg[key] is None:
             raise UserError(f"{key} is required (worldpm scaling runs=[dir,...] output_dir=dir)")
-    runs = _as_list(cfg.runs, "runs")
+    runs = _as_list(cfg.runs)
     if not runs:
         raise UserError("runs: give at least one directory (runs=[dir,...])")
     if cfg.x not in ("pairs_seen", "tokens_seen", "step"):
         raise UserError(f"x={cfg.x!r}: choose pairs_seen, tokens_seen or step")
-    levels = _as_list(cfg.levels, "levels")
+    levels = _as_list(cfg.levels)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(out / "scaling.log", mode="w")
@@ -338,7 +333,7 @@ def run(cfg: DictConfig) -> dict:
                     log.info("%s %s: %s (%s)", level, key, v["pattern"], ", ".join(f"{m}: {t}" for m, t in v["trend_by_model"].items()))
         figures: list[str] = []
         if cfg.plots:
-            formats = _as_list(cfg.formats, "formats")
+            formats = _as_list(cfg.formats)
             x_label = cfg.x.replace("_", " ")
             for level in levels:
                 keys = order_keys({p.key for p in gathered.points if p.level == level}, level)
@@ -351,9 +346,7 @@ def run(cfg: DictConfig) -> dict:
                 figures += plot_model_scaling(model_fits, keys, level, out / f"model_scaling_{level}", formats, cfg.model_size_param)
         result["figures"] = [Path(f).name for f in figures]
         write_report(out / "report.md", result, figures)
-        tmp = out / ".fits.json.tmp"
-        tmp.write_text(json.dumps(result, indent=2, default=str) + "\n", encoding="utf-8")
-        tmp.replace(out / "fits.json")
+        write_text(out / "fits.json", json.dumps(result, indent=2, default=str) + "\n")
         log.info("wrote %s, %s and %d figures", out / "fits.json", out / "report.md", len(figures))
         return result
     finally:

@@ -9,6 +9,8 @@ from typing import Sequence
 
 import numpy as np
 
+from worldpm.eval.power_law import power_law_curve, saturating_curve
+
 
 def human_count(n: float | None) -> str:
     if n is None:
@@ -38,13 +40,14 @@ def _figure(n_panels: int):
 
 
 def _save(plt, fig, stem: Path, formats: Sequence[str]) -> list[str]:
+    from worldpm.atomic_dir import atomic_path
+
     fig.tight_layout()
     written = []
     for fmt in formats:
         path = stem.with_suffix(f".{fmt}")
-        tmp = path.with_name(f".{path.name}.tmp")
-        fig.savefig(tmp, dpi=130, format=fmt)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=130, format=fmt)
         written.append(str(path))
     plt.close(fig)
     return written
@@ -99,11 +102,11 @@ def plot_data_scaling(points, fits: list[dict], models: list[dict], keys: list[s
                 ax.fill_between(xs, [min(by_x[x]) for x in xs], [max(by_x[x]) for x in xs], color=color, alpha=0.15, lw=0)
             if pl:
                 grid = np.geomspace(*fit["x_range"], 100)
-                ax.plot(grid, np.exp(pl["intercept"] + pl["slope"] * np.log(grid)), "--", color=color, lw=1.6)
+                ax.plot(grid, power_law_curve(pl, grid), "--", color=color, lw=1.6)
             sat = fit.get("saturating") or {}
             if "l_inf" in sat:
                 grid = np.geomspace(*fit["x_range"], 100)
-                ax.plot(grid, sat["l_inf"] + sat["b_ref"] * (grid / sat["x_ref"]) ** -sat["alpha"], ":", color=color, lw=1.4)
+                ax.plot(grid, saturating_curve(sat, grid), ":", color=color, lw=1.4)
         if bayes is not None and bayes.get("applies_to") in (None, key):
             ax.axhline(bayes["loss"], color="black", ls="-.", lw=1, label=f"Bayes-optimal {bayes['loss']:.3f}")
         _log_axes(ax)
@@ -135,7 +138,7 @@ def plot_model_scaling(model_fits: list[dict], keys: list[str], level: str, stem
         title = key
         if pl:
             grid = np.geomspace(ns.min(), ns.max(), 50)
-            ax.plot(grid, np.exp(pl["intercept"] + pl["slope"] * np.log(grid)), "--", color="tab:blue")
+            ax.plot(grid, power_law_curve(pl, grid), "--", color="tab:blue")
             title += f"  α_N={pl['alpha']:.3g}"
         _log_axes(ax)
         ax.set_title(title, fontsize=9)
