@@ -22,8 +22,6 @@ import json
 import math
 import os
 import random
-import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -143,33 +141,10 @@ def padding_share(lengths: list[int], batches: list[list[int]]) -> float:
 
 
 # ---------------------------------------------------------------------- 2. serving
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def load(url: str, texts: list[str], clients: int, per_client: int) -> tuple[list[float], float]:
-    import httpx
-
-    latencies: list[float] = []
-
-    async def client(c: int):
-        async with httpx.AsyncClient(base_url=url, timeout=300) as http:
-            for k in range(per_client):
-                t0 = time.perf_counter()
-                r = await http.post("/get_reward", json={"query": [texts[(c * per_client + k) % len(texts)]],
-                                                         "prompts": [""], "labels": [""]})
-                r.raise_for_status()
-                latencies.append(time.perf_counter() - t0)
-
-    start = time.perf_counter()
-    await asyncio.gather(*(client(c) for c in range(clients)))
-    return latencies, time.perf_counter() - start
-
-
 def bench_server(model_dir: Path, texts: list[str], batching: bool, clients: int, per_client: int, device: str, dtype: str) -> dict:
-    import httpx
+    from tests.serving import hammer  # the serving tests' concurrent one-sample clients
+    from worldpm.scorer import wait_healthy
+    from worldpm.serve import free_port
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -178,24 +153,16 @@ def bench_server(model_dir: Path, texts: list[str], batching: bool, clients: int
                              f"batching.enabled={str(batching).lower()}", "log_every_s=0"],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited: {proc.communicate()[1][-2000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.3)
-        asyncio.run(load(url, texts, clients, 2))  # warm-up: first forwards, connection pools
-        latencies, seconds = asyncio.run(load(url, texts, clients, per_client))
+        wait_healthy(url, timeout=300, proc=proc, interval=0.3)
+        asyncio.run(hammer(url, texts, clients, 2))  # warm-up: first forwards, connection pools
+        before = wait_healthy(url, timeout=30)["traffic"]
+        got, seconds = asyncio.run(hammer(url, texts, clients, per_client))
+        after = wait_healthy(url, timeout=30)["traffic"]  # the micro-batcher's counts: requests and forwards of the timed load
     finally:
         proc.terminate()
-        _, err = proc.communicate(timeout=120)
-    stats = json.loads(re.search(r"scorer stopped: (\{.*\})", err).group(1).replace("'", '"'))
-    latencies.sort()
+        proc.communicate(timeout=120)
+    stats = {k: after[k] - before[k] for k in ("requests", "batches")}
+    latencies = sorted(latency for _, _, latency in got)
     q = lambda p: latencies[min(len(latencies) - 1, int(p * len(latencies)))]  # noqa: E731
     return {"batching": batching, "requests": len(latencies), "seconds": round(seconds, 2),
             "requests_per_s": round(len(latencies) / seconds, 1), "p50_ms": round(1000 * q(0.50), 1),

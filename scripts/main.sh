@@ -54,17 +54,13 @@ worldpm serve "${model[@]}" port="$port" &
 server=$!
 trap 'kill "$server" 2>/dev/null || true' EXIT
 python - "$port" "$server" <<'PY'
-import json, os, sys, time, urllib.request
+import json, sys, urllib.request
+
+from worldpm.scorer import wait_healthy
 
 port, pid = sys.argv[1], int(sys.argv[2])
 url = f"http://127.0.0.1:{port}"
-for _ in range(240):
-    try:
-        urllib.request.urlopen(f"{url}/health", timeout=2)
-        break
-    except OSError:
-        os.kill(pid, 0)  # the server died: stop here
-        time.sleep(0.5)
+wait_healthy(url, timeout=120, proc=pid, interval=0.5)  # the server dying first stops here
 # what OpenRLHF's remote reward-model client posts: the decoded prompt+response, one sample per request
 query = ("<|im_start|>system\n<|im_end|>\n<|im_start|>user\nHow do I keep basil fresh?<|im_end|>\n"
          "<|im_start|>assistant\nTrim the stems and stand it in a glass of water at room temperature.<|im_end|>")

@@ -37,7 +37,14 @@ def make_tiny(head: str = "mlp", head_std: float = 0.2, seed: int = 0, **spec):
 
 @pytest.fixture(scope="session")
 def tiny_rm():
+    """One `make_tiny()` for the whole session: tests only read it (score, encode, save); never train, move or edit it."""
     return make_tiny()
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tiny_rm, tmp_path_factory):
+    """`tiny_rm` saved as a checkpoint directory (its path, a str), for code that loads a model from disk."""
+    return str(tiny_rm.save_pretrained(tmp_path_factory.mktemp("tiny_ckpt") / "tiny"))
 
 
 def conversations(n: int = 6):

@@ -1,17 +1,20 @@
-"""Helpers for the serving tests: a tiny checkpoint on disk, OpenRLHF-shaped texts, and a server on 127.0.0.1 in a thread."""
+"""Helpers for the serving tests (and scripts/bench_serve.py): OpenRLHF-shaped texts, a server on 127.0.0.1 in a thread, and
+concurrent one-sample clients. Importing this module imports neither pytest nor the test configuration."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import time
 
-from tests.conftest import conversations
 from worldpm.chat_format import REWARD_TOKEN, render
 
 
 def openrlhf_texts() -> list[str]:
     """Rollouts as OpenRLHF's client sends them: the decoded prompt+response, ending at the reply's <|im_end|>, plus variants
     already ending in the reward token (one followed by pad tokens) and a non-ChatML text."""
+    from tests.conftest import conversations
+
     texts = [render(c).text[: -len("\n" + REWARD_TOKEN)] for c in conversations()]
     texts[1] += "\n" + REWARD_TOKEN
     texts[2] += REWARD_TOKEN * 3
@@ -38,3 +41,25 @@ def running_server(scorer, access_log: bool = True, **app_kwargs):
     finally:
         server.should_exit = True
         thread.join(60)
+
+
+async def hammer(url: str, texts: list[str], clients: int, requests_each: int, headers: dict | None = None,
+                 timeout: float = 300.0) -> tuple[list[tuple[int, float, float]], float]:
+    """`clients` concurrent clients, each posting `requests_each` one-sample OpenRLHF requests (`{"query": [text]}`) back to
+    back, as OpenRLHF's remote reward client does: (text index, reward, latency in s) per request, and the wall time in s."""
+    import httpx
+
+    async def client_loop(c):
+        got = []
+        async with httpx.AsyncClient(base_url=url, timeout=timeout, headers=headers) as client:
+            for k in range(requests_each):
+                i = (c * requests_each + k) % len(texts)
+                t0 = time.perf_counter()
+                r = await client.post("/get_reward", json={"query": [texts[i]], "prompts": [""], "labels": [""]})
+                assert r.status_code == 200, r.text
+                got.append((i, r.json()["rewards"][0], time.perf_counter() - t0))
+        return got
+
+    start = time.perf_counter()
+    results = await asyncio.gather(*(client_loop(c) for c in range(clients)))
+    return [x for per_client in results for x in per_client], time.perf_counter() - start

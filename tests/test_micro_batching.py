@@ -118,15 +118,15 @@ def test_max_padding_bounds_the_padding_of_every_batch():
     assert len(list(length_sorted_batches(lengths, max_tokens=10_000))) == 1  # unbounded: one batch fits the budget
 
 
-def test_score_sequences_is_the_same_however_it_batches(tiny_rm):
+def test_score_ids_is_the_same_however_it_batches(tiny_rm):
     from tests.conftest import conversations
-    from worldpm.scorer import resolve_max_padding, score_sequences
+    from worldpm.scorer import resolve_max_padding
 
     ids = tiny_rm.encode(conversations() * 3)
     alone = [tiny_rm.score_ids([s])[0] for s in ids]
     seen = []
     for kwargs in ({}, {"max_padding": 0.1}, {"max_tokens": 200, "max_batch_size": 3}):
-        assert score_sequences(tiny_rm, ids, progress=seen.append, **kwargs) == pytest.approx(alone, abs=1e-5)
+        assert tiny_rm.score_ids(ids, progress=seen.append, **kwargs) == pytest.approx(alone, abs=1e-5)
     assert sum(seen) == 3 * sum(map(len, ids))
     assert resolve_max_padding("auto", "cpu") == 0.2 and resolve_max_padding("auto", "cuda:0") is None
     assert resolve_max_padding(None, "cpu") is None and resolve_max_padding("0.3", "cpu") == 0.3

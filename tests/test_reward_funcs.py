@@ -7,7 +7,7 @@ import httpx
 import pytest
 import torch
 
-from tests.conftest import conversations, make_tiny
+from tests.conftest import conversations
 from tests.serving import openrlhf_texts, running_server
 from worldpm import reward_funcs
 from worldpm.errors import UserError
@@ -20,18 +20,8 @@ KEY = "reward-funcs-key"
 
 
 @pytest.fixture(scope="module")
-def rm():
-    return make_tiny()
-
-
-@pytest.fixture(scope="module")
-def ckpt(rm, tmp_path_factory):
-    return str(rm.save_pretrained(tmp_path_factory.mktemp("reward_funcs") / "tiny"))
-
-
-@pytest.fixture(scope="module")
-def local(rm):
-    scorer = LocalScorer(rm)
+def local(tiny_rm):
+    scorer = LocalScorer(tiny_rm)
     yield scorer
     scorer.close()
 
@@ -42,19 +32,19 @@ def trl_batch():
     return [c[:-1] for c in convs], [[c[-1]] for c in convs], convs
 
 
-def test_trl_conversational_format_matches_the_python_api(rm, local):
+def test_trl_conversational_format_matches_the_python_api(tiny_rm, local):
     prompts, completions, convs = trl_batch()
     f = trl_reward_func(local)
     got = f(prompts=prompts, completions=completions, completion_ids=[[1, 2]] * len(prompts), trainer_state=object(),
             ground_truth=["x"] * len(prompts), log_extra=None)  # the trainer's extra keywords and dataset columns
     assert isinstance(got, list) and all(type(r) is float for r in got)
-    assert got == pytest.approx(rm.score(convs), abs=TOL)
+    assert got == pytest.approx(tiny_rm.score(convs), abs=TOL)
     assert f.__name__ == "worldpm_reward" and trl_reward_func(local, name="helpfulness").__name__ == "helpfulness"
     params = inspect.signature(f.__call__).parameters
     assert {"prompts", "completions"} <= set(params) and any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
-def test_trl_assistant_prefix_and_multimodal_content(rm, local):
+def test_trl_assistant_prefix_and_multimodal_content(tiny_rm, local):
     q = "Name a prime number."
     # the prompt ends with an assistant prefix that the policy continued: TRL's completion carries prefix + continuation
     prompts = [[{"role": "user", "content": q}, {"role": "assistant", "content": "Sure: "}],
@@ -62,12 +52,12 @@ def test_trl_assistant_prefix_and_multimodal_content(rm, local):
                                               {"type": "text", "text": "shown here?"}]}]]
     completions = [[{"role": "assistant", "content": "Sure: 7 is prime."}],
                    [{"role": "assistant", "content": [{"type": "text", "text": "A cat."}]}]]
-    expected = rm.score([[{"role": "user", "content": q}, {"role": "assistant", "content": "Sure: 7 is prime."}],
+    expected = tiny_rm.score([[{"role": "user", "content": q}, {"role": "assistant", "content": "Sure: 7 is prime."}],
                          [{"role": "user", "content": "What is shown here?"}, {"role": "assistant", "content": "A cat."}]])
     assert trl_reward_func(local)(prompts=prompts, completions=completions) == pytest.approx(expected, abs=TOL)
 
 
-def test_trl_standard_format_plain_and_chatml_prompts(rm, local):
+def test_trl_standard_format_plain_and_chatml_prompts(tiny_rm, local):
     convs = conversations()[:3]
     plain_prompts = ["What is 2+2?", "Tips for sleeping better?"]
     plain_completions = [" 4", " Keep a regular bedtime."]
@@ -76,7 +66,7 @@ def test_trl_standard_format_plain_and_chatml_prompts(rm, local):
                       for c in convs]
     chatml_completions = [c[1]["content"] + "<|im_end|>" for c in convs]
     got = trl_reward_func(local)(prompts=plain_prompts + chatml_prompts, completions=plain_completions + chatml_completions)
-    expected = rm.score([[{"role": "user", "content": p}, {"role": "assistant", "content": c}]
+    expected = tiny_rm.score([[{"role": "user", "content": p}, {"role": "assistant", "content": c}]
                          for p, c in zip(plain_prompts, plain_completions)] + convs)
     assert got == pytest.approx(expected, abs=TOL)
 
@@ -92,10 +82,10 @@ def test_trl_bad_input_is_a_clear_error(local):
     assert f(prompts=[], completions=[]) == []
 
 
-def test_openrlhf_local_reward_func_matches_the_python_api_and_batches_threaded_calls(rm, ckpt):
+def test_openrlhf_local_reward_func_matches_the_python_api_and_batches_threaded_calls(tiny_rm, tiny_ckpt):
     texts = openrlhf_texts()
-    expected = rm.score_texts(texts)
-    scorer = LocalScorer(RewardModel.from_pretrained(ckpt), window_ms=20)
+    expected = tiny_rm.score_texts(texts)
+    scorer = LocalScorer(RewardModel.from_pretrained(tiny_ckpt), window_ms=20)
     f = openrlhf_reward_func(scorer)
     out = f(texts, [""] * len(texts), [None] * len(texts))
     assert set(out) == {"rewards", "scores", "extra_logs"}
@@ -113,17 +103,17 @@ def test_openrlhf_local_reward_func_matches_the_python_api_and_batches_threaded_
     assert after["requests"] - before["requests"] == 64 and after["batches"] - before["batches"] < 64  # shared forwards
 
 
-def test_both_adapters_give_the_same_rewards_against_a_server(rm, ckpt, local):
+def test_both_adapters_give_the_same_rewards_against_a_server(tiny_rm, tiny_ckpt, local):
     prompts, completions, convs = trl_batch()
     texts = openrlhf_texts()
-    server_scorer = LocalScorer(RewardModel.from_pretrained(ckpt))
+    server_scorer = LocalScorer(RewardModel.from_pretrained(tiny_ckpt))
     with running_server(server_scorer, api_key=KEY) as url:
         remote = RemoteScorer(f"{url}/get_reward", api_key=KEY, batch_size=3)  # an endpoint URL works too; 3 per request
         assert trl_reward_func(remote)(prompts=prompts, completions=completions) == pytest.approx(
             trl_reward_func(local)(prompts=prompts, completions=completions), abs=TOL)
         out = openrlhf_reward_func(remote)(texts, None, None)
-        assert out["rewards"].tolist() == pytest.approx(rm.score_texts(texts), abs=TOL)
-        assert out["extra_logs"]["raw_reward"].tolist() == pytest.approx(rm.score_texts(texts), abs=TOL)
+        assert out["rewards"].tolist() == pytest.approx(tiny_rm.score_texts(texts), abs=TOL)
+        assert out["extra_logs"]["raw_reward"].tolist() == pytest.approx(tiny_rm.score_texts(texts), abs=TOL)
         assert remote.health()["status"] == "ok"
         with pytest.raises(UserError, match="HTTP 401.*invalid API key"):
             trl_reward_func(url=url, api_key="wrong")(prompts=prompts, completions=completions)
@@ -154,7 +144,7 @@ def test_remote_scorer_retries_transient_failures_then_gives_up():
         RemoteScorer("rm.test:5000")
 
 
-def test_openrlhf_file_hook_loads_like_openrlhf_and_reads_the_environment(rm, ckpt, monkeypatch):
+def test_openrlhf_file_hook_loads_like_openrlhf_and_reads_the_environment(tiny_rm, tiny_ckpt, monkeypatch):
     def load_as_openrlhf_does():  # openrlhf/utils/agent.py: spec_from_file_location("reward_func", path) + exec_module
         spec = importlib.util.spec_from_file_location("reward_func", reward_funcs.__file__)
         module = importlib.util.module_from_spec(spec)
@@ -166,16 +156,16 @@ def test_openrlhf_file_hook_loads_like_openrlhf_and_reads_the_environment(rm, ck
     monkeypatch.delenv("WORLDPM_MODEL_PATH", raising=False)
     with pytest.raises(UserError, match="WORLDPM_REWARD_URL"):
         load_as_openrlhf_does()(texts[:1], [""], [""])
-    monkeypatch.setenv("WORLDPM_MODEL_PATH", ckpt)
+    monkeypatch.setenv("WORLDPM_MODEL_PATH", tiny_ckpt)
     monkeypatch.setenv("WORLDPM_DEVICE", "cpu")
     hook = load_as_openrlhf_does()
-    assert hook(texts, [""] * len(texts), [""] * len(texts))["rewards"].tolist() == pytest.approx(rm.score_texts(texts), abs=TOL)
+    assert hook(texts, [""] * len(texts), [""] * len(texts))["rewards"].tolist() == pytest.approx(tiny_rm.score_texts(texts), abs=TOL)
     monkeypatch.delenv("WORLDPM_MODEL_PATH")
-    with running_server(LocalScorer(RewardModel.from_pretrained(ckpt)), api_key=KEY) as url:
+    with running_server(LocalScorer(RewardModel.from_pretrained(tiny_ckpt)), api_key=KEY) as url:
         monkeypatch.setenv("WORLDPM_REWARD_URL", url)
         monkeypatch.setenv("WORLDPM_API_KEY", KEY)
         out = load_as_openrlhf_does()(texts[:2], ["", ""], ["", ""])
-    assert out["rewards"].tolist() == pytest.approx(rm.score_texts(texts[:2]), abs=TOL)
+    assert out["rewards"].tolist() == pytest.approx(tiny_rm.score_texts(texts[:2]), abs=TOL)
 
 
 def test_adapter_types():

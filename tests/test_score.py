@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from data_prep.records import PAIR_SCHEMA, pair_id, write_pairs
-from tests.conftest import conversations, make_tiny
+from tests.conftest import conversations
 from worldpm.config import compose
 from worldpm.errors import UserError
 from worldpm.score import run
@@ -20,18 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def rm():
-    return make_tiny()
-
-
-@pytest.fixture(scope="module")
-def ckpt(rm, tmp_path_factory):
-    return str(rm.save_pretrained(tmp_path_factory.mktemp("score") / "tiny"))
-
-
-def score(ckpt, *overrides):
-    return run(compose("score", [f"model_path={ckpt}", "device=cpu", *overrides]))
+def score(tiny_ckpt, *overrides):
+    return run(compose("score", [f"model_path={tiny_ckpt}", "device=cpu", *overrides]))
 
 
 def many_conversations(n=40):
@@ -49,9 +39,9 @@ def pairs(n=12):
     return rows
 
 
-def expected_pair_metrics(rm, rows):
-    chosen = rm.score([r["prompt"] + [{"role": "assistant", "content": r["chosen"]}] for r in rows])
-    rejected = rm.score([r["prompt"] + [{"role": "assistant", "content": r["rejected"]}] for r in rows])
+def expected_pair_metrics(tiny_rm, rows):
+    chosen = tiny_rm.score([r["prompt"] + [{"role": "assistant", "content": r["chosen"]}] for r in rows])
+    rejected = tiny_rm.score([r["prompt"] + [{"role": "assistant", "content": r["rejected"]}] for r in rows])
     # independent of worldpm.bt_loss: -log sigmoid(d) = log(1 + exp(-d))
     loss = sum(math.log1p(math.exp(-(c - j))) for c, j in zip(chosen, rejected)) / len(rows)
     accuracy = sum(c > j for c, j in zip(chosen, rejected)) / len(rows)
@@ -59,7 +49,7 @@ def expected_pair_metrics(rm, rows):
 
 
 @pytest.mark.parametrize("suffix", ["jsonl", "parquet"])
-def test_conversations_to_a_rewards_file_in_input_order(rm, ckpt, tmp_path, suffix):
+def test_conversations_to_a_rewards_file_in_input_order(tiny_rm, tiny_ckpt, tmp_path, suffix):
     convs = many_conversations()
     src = tmp_path / "convs.jsonl"
     # the three row shapes: a bare list, {"conversation"}, {"messages", "id"}
@@ -67,27 +57,27 @@ def test_conversations_to_a_rewards_file_in_input_order(rm, ckpt, tmp_path, suff
                            + "\n" for i, c in enumerate(convs)))
     out = tmp_path / f"rewards.{suffix}"
     # small chunks and batches: many length-sorted batches, and rows must still come back in input order
-    summary = score(ckpt, f"input={src}", f"output={out}", "chunk_size=7", "max_tokens_per_batch=300", "max_batch_size=4")
+    summary = score(tiny_ckpt, f"input={src}", f"output={out}", "chunk_size=7", "max_tokens_per_batch=300", "max_batch_size=4")
     rows = pq.read_table(out).to_pylist() if suffix == "parquet" else [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["index"] for r in rows] == list(range(len(convs)))
-    assert [r["reward"] for r in rows] == pytest.approx(rm.score(convs), abs=TOL)
+    assert [r["reward"] for r in rows] == pytest.approx(tiny_rm.score(convs), abs=TOL)
     assert [r.get("id") for r in rows] == [f"c{i}" if i % 3 == 2 else None for i in range(len(convs))]
-    assert summary["n"] == len(convs) and summary["tokens"] == sum(map(len, rm.encode(convs))) and summary["tokens_per_s"] > 0
+    assert summary["n"] == len(convs) and summary["tokens"] == sum(map(len, tiny_rm.encode(convs))) and summary["tokens_per_s"] > 0
     assert json.loads((tmp_path / "rewards.summary.json").read_text())["n"] == len(convs)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["convs.jsonl", out.name, "rewards.summary.json"])  # no temp files
 
 
-def test_parquet_conversations_and_truncation_keep_the_reward_token(rm, ckpt, tmp_path):
+def test_parquet_conversations_and_truncation_keep_the_reward_token(tiny_rm, tiny_ckpt, tmp_path):
     convs = many_conversations(10)
     pq.write_table(pa.Table.from_pylist([{"id": str(i), "messages": c} for i, c in enumerate(convs)]), tmp_path / "in.parquet")
-    summary = score(ckpt, f"input={tmp_path / 'in.parquet'}", f"output={tmp_path / 'out.jsonl'}", "max_length=40")
+    summary = score(tiny_ckpt, f"input={tmp_path / 'in.parquet'}", f"output={tmp_path / 'out.jsonl'}", "max_length=40")
     rows = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
-    assert [r["reward"] for r in rows] == pytest.approx(rm.score(convs, max_length=40), abs=TOL)
-    assert summary["truncated"] == sum(len(s) > 40 for s in rm.encode(convs)) > 0
+    assert [r["reward"] for r in rows] == pytest.approx(tiny_rm.score(convs, max_length=40), abs=TOL)
+    assert summary["truncated"] == sum(len(s) > 40 for s in tiny_rm.encode(convs)) > 0
 
 
 @pytest.mark.parametrize("layout", ["shards", "collect_output", "parquet_file", "jsonl"])
-def test_pair_records_give_accuracy_and_bt_loss(rm, ckpt, tmp_path, layout):
+def test_pair_records_give_accuracy_and_bt_loss(tiny_rm, tiny_ckpt, tmp_path, layout):
     rows = pairs()
     if layout == "shards":
         write_pairs(rows, tmp_path / "shards", max_rows_per_shard=5)  # three shards
@@ -103,8 +93,8 @@ def test_pair_records_give_accuracy_and_bt_loss(rm, ckpt, tmp_path, layout):
         src = tmp_path / "pairs.jsonl"
         src.write_text("".join(json.dumps({k: r[k] for k in ("id", "prompt", "chosen", "rejected")}) + "\n" for r in rows))
     out = tmp_path / "pair_rewards.parquet"
-    summary = score(ckpt, f"input={src}", f"output={out}", "chunk_size=5")
-    chosen, rejected, accuracy, loss = expected_pair_metrics(rm, rows)
+    summary = score(tiny_ckpt, f"input={src}", f"output={out}", "chunk_size=5")
+    chosen, rejected, accuracy, loss = expected_pair_metrics(tiny_rm, rows)
     got = pq.read_table(out).to_pylist()
     assert [r["id"] for r in got] == [r["id"] for r in rows]
     assert [r["chosen_reward"] for r in got] == pytest.approx(chosen, abs=TOL)
@@ -115,13 +105,13 @@ def test_pair_records_give_accuracy_and_bt_loss(rm, ckpt, tmp_path, layout):
     assert on_disk["accuracy"] == summary["accuracy"] and on_disk["bt_loss"] == summary["bt_loss"]
 
 
-def test_a_string_prompt_is_one_user_turn(rm, ckpt, tmp_path):
+def test_a_string_prompt_is_one_user_turn(tiny_rm, tiny_ckpt, tmp_path):
     src = tmp_path / "p.jsonl"
     src.write_text(json.dumps({"prompt": "Why is the sky blue?", "chosen": "Rayleigh scattering.", "rejected": "Paint."}) + "\n")
-    summary = score(ckpt, f"input={src}", f"output={tmp_path / 'o.jsonl'}")
+    summary = score(tiny_ckpt, f"input={src}", f"output={tmp_path / 'o.jsonl'}")
     (row,) = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
     user = {"role": "user", "content": "Why is the sky blue?"}
-    assert row["chosen_reward"] == pytest.approx(rm.score([[user, {"role": "assistant", "content": "Rayleigh scattering."}]])[0], abs=TOL)
+    assert row["chosen_reward"] == pytest.approx(tiny_rm.score([[user, {"role": "assistant", "content": "Rayleigh scattering."}]])[0], abs=TOL)
     assert summary["accuracy"] == (1.0 if row["chosen_reward"] > row["rejected_reward"] else 0.0)
 
 
@@ -131,17 +121,17 @@ def test_a_string_prompt_is_one_user_turn(rm, ckpt, tmp_path):
     (json.dumps([{"role": "user", "content": "no reply"}]) + "\n", "last message must be the assistant"),
     ("", "is empty"),
 ])
-def test_bad_rows_are_one_line_errors_naming_the_line(ckpt, tmp_path, content, needle):
+def test_bad_rows_are_one_line_errors_naming_the_line(tiny_ckpt, tmp_path, content, needle):
     src = tmp_path / "bad.jsonl"
     good = json.dumps(conversations()[0]) + "\n"
     src.write_text(good * 3 + content if content else "")
     with pytest.raises(UserError, match=needle) as exc:
-        score(ckpt, f"input={src}", f"output={tmp_path / 'out.parquet'}", "chunk_size=2")
+        score(tiny_ckpt, f"input={src}", f"output={tmp_path / 'out.parquet'}", "chunk_size=2")
     assert "\n" not in str(exc.value) and (content == "" or "bad.jsonl:4" in str(exc.value))
     assert not (tmp_path / "out.parquet").exists() and [p.name for p in tmp_path.iterdir()] == ["bad.jsonl"]  # no half file
 
 
-def test_bad_inputs_and_outputs_are_named(ckpt, tmp_path):
+def test_bad_inputs_and_outputs_are_named(tiny_ckpt, tmp_path):
     (tmp_path / "x.csv").write_text("a,b\n")
     pq.write_table(pa.table({"text": ["a"]}), tmp_path / "other.parquet")
     (tmp_path / "empty_dir").mkdir()
@@ -154,15 +144,37 @@ def test_bad_inputs_and_outputs_are_named(ckpt, tmp_path):
              ([f"input={ROOT / 'worldpm/assets/examples/worldpm_readme.jsonl'}", "chunk_size=0"], "chunk_size")]
     for overrides, needle in cases:
         with pytest.raises(UserError, match=needle):
-            score(ckpt, *overrides)
+            score(tiny_ckpt, *overrides)
 
 
-def test_cli_scores_pairs_and_prints_without_output(ckpt, tmp_path):
+def test_cli_scores_pairs_and_prints_without_output(tiny_ckpt, tmp_path):
     write_pairs(pairs(4), tmp_path / "shards")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-m", "worldpm", "score", f"model_path={ckpt}", f"input={tmp_path / 'shards'}"],
+    out = subprocess.run([sys.executable, "-m", "worldpm", "score", f"model_path={tiny_ckpt}", f"input={tmp_path / 'shards'}"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     lines = [line.split("\t") for line in out.stdout.splitlines()]
     assert [x[0] for x in lines] == ["0", "1", "2", "3"] and all(len(x) == 3 for x in lines)
     assert "accuracy" in out.stderr and "BT loss" in out.stderr
+
+
+def _strict_json(text: str):
+    """json.loads that refuses NaN / Infinity (Python's json accepts them; JSON does not)."""
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_summary_of_no_pairs_is_strict_json(tiny_ckpt, tmp_path):
+    from worldpm.atomic_dir import write_json
+
+    src = tmp_path / "none.parquet"
+    pq.write_table(pa.Table.from_pylist([], schema=PAIR_SCHEMA), src)
+    summary = score(tiny_ckpt, f"input={src}", f"output={tmp_path / 'out.jsonl'}")
+    assert summary["n"] == 0 and math.isnan(summary["accuracy"]) and math.isnan(summary["bt_loss"])
+    on_disk = _strict_json((tmp_path / "out.summary.json").read_text())
+    assert on_disk["n"] == 0 and on_disk["accuracy"] is None and on_disk["bt_loss"] is None
+    path = write_json(tmp_path / "x.json", {"a": float("nan"), "b": [float("inf"), 1.5]})
+    assert _strict_json(path.read_text()) == {"a": None, "b": [None, 1.5]}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["none.parquet", "out.jsonl", "out.summary.json", "x.json"]

@@ -15,10 +15,11 @@ import httpx
 import pytest
 
 from tests.conftest import conversations, make_tiny
-from tests.serving import openrlhf_texts, running_server
+from tests.serving import hammer, openrlhf_texts, running_server
 from worldpm.errors import UserError
 from worldpm.reward_model import RewardModel
-from worldpm.scorer import LocalScorer, sigmoid
+from worldpm.scorer import LocalScorer, sigmoid, wait_healthy
+from worldpm.serve import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-5
@@ -26,26 +27,16 @@ KEY = "s3cret-key-for-tests"
 
 
 @pytest.fixture(scope="module")
-def rm():
-    return make_tiny()
+def served(tiny_ckpt):
+    """The checkpoint as the server loads it (a separate instance from `tiny_rm`: the round trip is part of what is tested)."""
+    return RewardModel.from_pretrained(tiny_ckpt)
 
 
-@pytest.fixture(scope="module")
-def ckpt(rm, tmp_path_factory):
-    return str(rm.save_pretrained(tmp_path_factory.mktemp("serve") / "tiny"))
-
-
-@pytest.fixture(scope="module")
-def served(ckpt):
-    """The checkpoint as the server loads it (a separate instance from `rm`: the round trip is part of what is tested)."""
-    return RewardModel.from_pretrained(ckpt)
-
-
-def test_get_reward_batched_and_one_per_request_match_the_python_api(rm, served):
+def test_get_reward_batched_and_one_per_request_match_the_python_api(tiny_rm, served):
     texts = openrlhf_texts()
-    expected = rm.score_texts(texts)
+    expected = tiny_rm.score_texts(texts)
     # the rendered-elsewhere texts are the conversations themselves: the suffix is completed to WorldPM's
-    assert expected[:len(conversations())] == pytest.approx(rm.score(conversations()), abs=TOL)
+    assert expected[:len(conversations())] == pytest.approx(tiny_rm.score(conversations()), abs=TOL)
     assert max(expected) - min(expected) > 0.05
     with running_server(LocalScorer(served)) as url, httpx.Client(base_url=url, timeout=60) as client:
         batched = client.post("/get_reward", json={"query": texts, "prompts": ["p"] * len(texts), "labels": [None] * len(texts)})
@@ -65,9 +56,9 @@ def test_get_reward_batched_and_one_per_request_match_the_python_api(rm, served)
         assert empty == {"rewards": [], "scores": [], "extra_logs": {"raw_reward": []}}
 
 
-def test_v1_score_matches_the_python_api(rm, served):
+def test_v1_score_matches_the_python_api(tiny_rm, served):
     convs = conversations()
-    expected = rm.score(convs)
+    expected = tiny_rm.score(convs)
     with running_server(LocalScorer(served)) as url, httpx.Client(base_url=url, timeout=60) as client:
         r = client.post("/v1/score", json={"conversations": convs})
         assert r.status_code == 200 and set(r.json()) == {"rewards"}
@@ -131,7 +122,7 @@ BAD_REQUESTS = [
 ]
 
 
-def test_every_bad_request_gets_a_json_4xx_and_the_server_keeps_serving(rm, served):
+def test_every_bad_request_gets_a_json_4xx_and_the_server_keeps_serving(tiny_rm, served):
     from worldpm.serve import Limits
 
     limits = Limits(max_items_per_request=8, max_chars_per_item=2000, max_body_bytes=16384)
@@ -149,14 +140,14 @@ def test_every_bad_request_gets_a_json_4xx_and_the_server_keeps_serving(rm, serv
         assert client.get("/get_reward").status_code == 405 and "error" in client.get("/get_reward").json()
         assert client.get("/nowhere").status_code == 404
         r = client.post("/get_reward", json={"query": good})
-        assert r.status_code == 200 and r.json()["rewards"] == pytest.approx(rm.score_texts(good), abs=TOL)
+        assert r.status_code == 200 and r.json()["rewards"] == pytest.approx(tiny_rm.score_texts(good), abs=TOL)
 
 
-def test_normalisation_and_clipping_with_the_checkpoint_statistics(rm, tmp_path):
+def test_normalisation_and_clipping_with_the_checkpoint_statistics(tiny_rm, tmp_path):
     texts = openrlhf_texts()
-    raw = rm.score_texts(texts)
+    raw = tiny_rm.score_texts(texts)
     mean, std = sum(raw) / len(raw), (max(raw) - min(raw)) / 4  # normalised rewards spread over about [-2, 2]
-    stats_rm = make_tiny(reward_mean=mean, reward_std=std)  # same weights as `rm` (same seeds), statistics in the worldpm block
+    stats_rm = make_tiny(reward_mean=mean, reward_std=std)  # same weights as `tiny_rm` (same seeds), statistics in the worldpm block
     path = stats_rm.save_pretrained(tmp_path / "with-stats")
     assert json.loads((path / "config.json").read_text())["worldpm"]["reward_std"] == std
     loaded = RewardModel.from_pretrained(path)
@@ -168,7 +159,7 @@ def test_normalisation_and_clipping_with_the_checkpoint_statistics(rm, tmp_path)
     assert any(abs(r) == 1.5 for r in body["rewards"]) and any(abs(r) < 1.5 for r in body["rewards"])
     with running_server(LocalScorer(loaded, clip=0.001)) as url:  # clipping alone, on raw rewards
         clipped = httpx.post(f"{url}/v1/score", json={"conversations": conversations()}, timeout=60).json()["rewards"]
-    assert clipped == pytest.approx([min(max(r, -0.001), 0.001) for r in rm.score(conversations())], abs=TOL)
+    assert clipped == pytest.approx([min(max(r, -0.001), 0.001) for r in tiny_rm.score(conversations())], abs=TOL)
 
 
 def test_normalisation_without_statistics_is_a_clear_error(served):
@@ -178,43 +169,42 @@ def test_normalisation_without_statistics_is_a_clear_error(served):
         LocalScorer(served, clip=-1.0)
 
 
-async def _hammer(url, texts, clients, requests_each, headers=None):
-    async def client_loop(c):
-        got = []
-        async with httpx.AsyncClient(base_url=url, timeout=120, headers=headers) as client:
-            for k in range(requests_each):
-                i = (c * requests_each + k) % len(texts)
-                r = await client.post("/get_reward", json={"query": [texts[i]], "prompts": [""], "labels": [""]})
-                assert r.status_code == 200, r.text
-                got.append((i, r.json()["rewards"][0]))
-        return got
-
-    results = await asyncio.gather(*(client_loop(c) for c in range(clients)))
-    return [x for per_client in results for x in per_client]
-
-
-def test_32_concurrent_clients_x_20_requests_share_forwards_and_all_get_their_own_reward(rm, served):
+def test_32_concurrent_clients_x_20_requests_share_forwards_and_all_get_their_own_reward(tiny_rm, served):
     texts = openrlhf_texts()
-    expected = rm.score_texts(texts)
+    expected = tiny_rm.score_texts(texts)
     scorer = LocalScorer(served, window_ms=10)
     with running_server(scorer, api_key=KEY) as url:
-        got = asyncio.run(_hammer(url, texts, clients=32, requests_each=20, headers={"Authorization": f"Bearer {KEY}"}))
+        got, _ = asyncio.run(hammer(url, texts, clients=32, requests_each=20, headers={"Authorization": f"Bearer {KEY}"},
+                                    timeout=120))
     assert len(got) == 640
-    for i, reward in got:
+    for i, reward, _ in got:
         assert reward == pytest.approx(expected[i], abs=TOL)
     stats = scorer.batcher.stats.snapshot()
     assert stats["requests"] == 640 and stats["batches"] < 640 / 2 and stats["largest_batch"] > 4, stats  # gathered
 
 
-def test_batching_off_scores_every_request_alone(rm, served):
+def test_batching_off_scores_every_request_alone(tiny_rm, served):
     texts = openrlhf_texts()
     scorer = LocalScorer(served, batching=False)
     with running_server(scorer) as url:
-        got = asyncio.run(_hammer(url, texts, clients=8, requests_each=4))
-    expected = rm.score_texts(texts)
-    assert all(r == pytest.approx(expected[i], abs=TOL) for i, r in got)
+        got, _ = asyncio.run(hammer(url, texts, clients=8, requests_each=4, timeout=120))
+        health = wait_healthy(url, timeout=10)
+    expected = tiny_rm.score_texts(texts)
+    assert all(r == pytest.approx(expected[i], abs=TOL) for i, r, _ in got)
     stats = scorer.batcher.stats.snapshot()
     assert stats["requests"] == stats["batches"] == 32 and stats["largest_batch"] == 1
+    # /health reports the traffic counts (nothing else of the batcher: no timings)
+    assert health["traffic"] == {k: stats[k] for k in ("requests", "sequences", "tokens", "batches", "largest_batch")}
+
+
+def test_wait_healthy_stops_when_the_server_process_exits_or_the_time_is_up():
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stderr.write('boom'); sys.exit(3)"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(RuntimeError, match="exited with status 3.*boom"):
+        wait_healthy(url, timeout=60, proc=proc)
+    with pytest.raises(TimeoutError, match="/health"):
+        wait_healthy(url, timeout=0.3, interval=0.05)
 
 
 def test_request_bodies_are_never_logged(served, caplog):
@@ -235,12 +225,6 @@ def test_request_bodies_are_never_logged(served, caplog):
 
 
 # ---------------------------------------------------------------------- the verb, as a process
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _serve_process(*args):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("WORLDPM_API_KEY", None)
@@ -248,26 +232,13 @@ def _serve_process(*args):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_healthy(url, proc, timeout=120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited early: {proc.communicate()[1]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.2)
-    raise AssertionError("server did not become healthy")
-
-
-def test_sigterm_finishes_in_flight_requests_then_exits_cleanly(rm, ckpt):
-    port = _free_port()
+def test_sigterm_finishes_in_flight_requests_then_exits_cleanly(tiny_rm, tiny_ckpt):
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     # a 1.5 s batching window keeps the request in flight while the signal arrives
-    proc = _serve_process(f"model_path={ckpt}", f"port={port}", "batching.window_ms=1500", "access_log=true")
+    proc = _serve_process(f"model_path={tiny_ckpt}", f"port={port}", "batching.window_ms=1500", "access_log=true")
     try:
-        _wait_healthy(url, proc)
+        wait_healthy(url, timeout=120, proc=proc)
         texts = openrlhf_texts()
         answer = {}
         sender = threading.Thread(target=lambda: answer.update(r=httpx.post(f"{url}/get_reward", json={"query": texts}, timeout=60)))
@@ -280,7 +251,7 @@ def test_sigterm_finishes_in_flight_requests_then_exits_cleanly(rm, ckpt):
         if proc.poll() is None:
             proc.kill()
     assert answer["r"].status_code == 200, err
-    assert answer["r"].json()["rewards"] == pytest.approx(rm.score_texts(texts), abs=TOL)
+    assert answer["r"].json()["rewards"] == pytest.approx(tiny_rm.score_texts(texts), abs=TOL)
     assert proc.returncode == 0, err
     assert "Shutting down" in err and "scorer stopped" in err and "Traceback" not in err
     with pytest.raises(httpx.ConnectError):
@@ -293,17 +264,17 @@ def test_sigterm_finishes_in_flight_requests_then_exits_cleanly(rm, ckpt):
     (["api_key="], "api_key"),
     (["dtype=float8"], "float8"),
 ])
-def test_bad_serve_config_is_a_one_line_error(ckpt, args, needle):
-    proc = _serve_process(f"model_path={ckpt}", *args)
+def test_bad_serve_config_is_a_one_line_error(tiny_ckpt, args, needle):
+    proc = _serve_process(f"model_path={tiny_ckpt}", *args)
     _, err = proc.communicate(timeout=120)
     lines = [line for line in err.splitlines() if line.strip() and not line.startswith("Loading weights")]
     assert proc.returncode == 2 and len(lines) == 1 and "error" in lines[0] and needle in lines[0], err
 
 
-def test_port_in_use_is_a_one_line_error(ckpt):
+def test_port_in_use_is_a_one_line_error(tiny_ckpt):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
-        proc = _serve_process(f"model_path={ckpt}", f"port={s.getsockname()[1]}")
+        proc = _serve_process(f"model_path={tiny_ckpt}", f"port={s.getsockname()[1]}")
         _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2 and "cannot listen on 127.0.0.1" in err and "Traceback" not in err

@@ -22,7 +22,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -144,23 +144,39 @@ class RewardModel(nn.Module):
         return self.tokenizer.convert_tokens_to_ids(PAD_TOKEN)
 
     def encode(self, conversations, max_length: int | None = None) -> list[list[int]]:
+        """Token ids of conversations (lists of {role, content}), truncated to `max_length` keeping the reward token."""
         ids, _ = encode_conversations(self.tokenizer, conversations, max_length or self.spec.max_length, self.spec.system_prompt)
         return ids
 
+    def encode_texts(self, texts: Sequence[str], max_length: int | None = None) -> list[list[int]]:
+        """Token ids of already-rendered ChatML texts (OpenRLHF's protocol); the reward token is appended when absent."""
+        ids, _ = encode(self.tokenizer, [render_text(t) for t in texts], max_length or self.spec.max_length)
+        return ids
+
     @torch.inference_mode()
-    def score_ids(self, sequences: Sequence[Sequence[int]], max_tokens: int = 16384, max_batch_size: int = 64) -> list[float]:
-        """Rewards for token-id sequences (each ending in the reward token), in input order; batches sorted by length."""
+    def score_ids(self, sequences: Sequence[Sequence[int]], max_tokens: int = 16384, max_batch_size: int = 64,
+                  max_padding: float | None = None, progress: Callable[[int], Any] | None = None) -> list[float]:
+        """Rewards for token-id sequences (each ending in the reward token), in input order.
+
+        Scored in length-sorted, right-padded batches of at most `max_tokens` padded tokens, `max_batch_size` rows and (when
+        given) a `max_padding` share of padding (worldpm.batching.length_sorted_batches); `progress(n_tokens)` after each batch.
+        """
         was_training = self.training
         self.eval()
+        lengths = [len(s) for s in sequences]
         rewards: list[float] = [0.0] * len(sequences)
-        for batch in length_sorted_batches([len(s) for s in sequences], max_tokens, max_batch_size):
-            ids, mask, pos, cols = pad_batch([sequences[i] for i in batch], self.pad_id, side="right")
-            dev = self.device
-            out = self(ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                       reward_index=(torch.arange(len(batch)), cols))
-            for i, r in zip(batch, out.tolist()):
-                rewards[i] = r
-        self.train(was_training)
+        try:
+            for batch in length_sorted_batches(lengths, max_tokens, max_batch_size, max_padding):
+                ids, mask, pos, cols = pad_batch([sequences[i] for i in batch], self.pad_id, side="right")
+                dev = self.device
+                out = self(ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
+                           reward_index=(torch.arange(len(batch)), cols))
+                for i, r in zip(batch, out.tolist()):
+                    rewards[i] = r
+                if progress is not None:
+                    progress(sum(lengths[i] for i in batch))
+        finally:
+            self.train(was_training)
         return rewards
 
     def score(self, conversations, max_length: int | None = None, **batching) -> list[float]:
@@ -169,8 +185,7 @@ class RewardModel(nn.Module):
 
     def score_texts(self, texts: Sequence[str], max_length: int | None = None, **batching) -> list[float]:
         """Rewards for already-rendered ChatML texts (OpenRLHF's protocol); the reward token is appended when absent."""
-        ids, _ = encode(self.tokenizer, (render_text(t) for t in texts), max_length or self.spec.max_length)
-        return self.score_ids(ids, **batching)
+        return self.score_ids(self.encode_texts(texts, max_length), **batching)
 
     # ------------------------------------------------------------------ construction
     @classmethod

@@ -30,11 +30,21 @@ log = logging.getLogger("worldpm.score")
 
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 CONVERSATION_KEYS = ("conversation", "messages")
+OUTPUT_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+def output_format(path) -> str:
+    """`jsonl` or `parquet`, from an output file name; a UserError for any other suffix."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in OUTPUT_SUFFIXES:
+        raise UserError(f"output {str(path)!r}: use a .jsonl or .parquet file name")
+    return "parquet" if suffix == ".parquet" else "jsonl"
 
 
 # ---------------------------------------------------------------------- readers
 class Source:
-    """An input file or directory: its kind (`conversations` | `pairs`), row count when known, and its rows in chunks."""
+    """An input file or directory: its kind (`conversations` | `pairs`), row count when known (parquet metadata; None for
+    jsonl, whose kind is read from its first row), and its rows in chunks."""
 
     def __init__(self, path: str, split: str = "test"):
         self.path = str(path)
@@ -76,18 +86,13 @@ class Source:
         return kind, rows
 
     def _inspect_jsonl(self):
-        kind, rows = None, 0
+        """The kind, from the first non-empty row; the row count is left unknown (counting would read the file twice)."""
         with self.files[0].open(encoding="utf-8") as f:
             for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                rows += 1
-                if kind is None:
+                if line.strip():
                     row = _parse_line(line, self.path, lineno)
-                    kind = "pairs" if isinstance(row, dict) and set(PAIR_COLUMNS) <= set(row) else "conversations"
-        if kind is None:
-            raise UserError(f"input {self.path!r} is empty")
-        return kind, rows
+                    return ("pairs" if isinstance(row, dict) and set(PAIR_COLUMNS) <= set(row) else "conversations"), None
+        raise UserError(f"input {self.path!r} is empty")
 
     def chunks(self, size: int) -> Iterator[list[dict]]:
         """Rows as {"id", "where", and "conversation" | "prompt"/"chosen"/"rejected"}, `size` at a time."""
@@ -165,10 +170,7 @@ class RewardsWriter:
 
     def __init__(self, path: str, kind: str):
         self.path = Path(path)
-        suffix = self.path.suffix.lower()
-        if suffix not in (".jsonl", ".json", ".parquet"):
-            raise UserError(f"output {path!r}: use a .jsonl or .parquet file name")
-        self.format = "parquet" if suffix == ".parquet" else "jsonl"
+        self.format = output_format(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         self.columns = ["index", "id", "reward"] if kind == "conversations" else ["index", "id", "chosen_reward", "rejected_reward"]
@@ -204,33 +206,29 @@ class RewardsWriter:
             self.tmp.unlink(missing_ok=True)
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------------- scoring
 def run(cfg: DictConfig) -> dict:
     import torch
     from tqdm import tqdm
 
+    from worldpm.atomic_dir import write_json
     from worldpm.bt_loss import bt_losses
     from worldpm.chat_format import check_conversation, encode_conversations
-    from worldpm.scorer import describe, load_model, resolve_max_padding, score_sequences
+    from worldpm.scorer import describe, load_model, resolve_max_padding
 
     source = Source(cfg.input, split=str(cfg.split))
     for key in ("max_tokens_per_batch", "max_batch_size", "chunk_size"):
         if not isinstance(cfg[key], int) or cfg[key] < 1:
             raise UserError(f"{key} must be a positive integer, got {cfg[key]!r}")
-    if cfg.output and Path(cfg.output).suffix.lower() not in (".jsonl", ".json", ".parquet"):  # before the model loads
-        raise UserError(f"output {cfg.output!r}: use a .jsonl or .parquet file name")
+    if cfg.output:
+        output_format(cfg.output)  # a bad name fails before the model loads
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     model = load_model(model_cfg, cfg.model_path, cfg.device, cfg.dtype)
     max_length = int(cfg.max_length or model.spec.max_length)
     max_padding = resolve_max_padding(cfg.max_padding, model.device)
     what = "pairs" if source.kind == "pairs" else "conversations"
-    log.info("scoring %s %s of %s with %s", source.rows, what, cfg.input, describe(model, cfg.model_path, model_cfg))
+    log.info("scoring %s%s of %s with %s", "" if source.rows is None else f"{source.rows} ", what, cfg.input,
+             describe(model, cfg.model_path, model_cfg))
 
     writer = RewardsWriter(cfg.output, source.kind) if cfg.output else None
     n = tokens = truncated = correct = 0
@@ -253,7 +251,7 @@ def run(cfg: DictConfig) -> dict:
                 tokens += k
                 bar.set_postfix_str(f"{tokens / max(seconds + time.perf_counter() - start, 1e-9):,.0f} tok/s", refresh=False)
 
-            rewards = score_sequences(model, ids, int(cfg.max_tokens_per_batch), int(cfg.max_batch_size), max_padding, progress)
+            rewards = model.score_ids(ids, int(cfg.max_tokens_per_batch), int(cfg.max_batch_size), max_padding, progress)
             seconds += time.perf_counter() - start
             truncated += n_trunc
             if source.kind == "pairs":
@@ -290,7 +288,7 @@ def run(cfg: DictConfig) -> dict:
     if writer:
         summary_path = writer.path.with_name(writer.path.stem + ".summary.json")
         summary["output"] = str(writer.path)
-        write_json_atomic(summary_path, summary)
+        write_json(summary_path, summary)  # strict JSON: an accuracy of no pairs (nan) is written as null
         log.info("wrote %s and %s", writer.path, summary_path)
     return summary
 

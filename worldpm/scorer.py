@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import threading
 import time
 from concurrent.futures import Future
@@ -48,32 +49,55 @@ def resolve_device(device: str | None) -> str:
     return device
 
 
+CHECKPOINT_DTYPE = "checkpoint"  # a dtype value: load the weights in the dtype they are stored in
+
+
 def resolve_dtype_for(dtype: str | None, device: str) -> str | None:
-    """`auto`: bfloat16 on a GPU, float32 on the CPU (CPU bf16 matmuls are slow and no smaller in effect); else as given."""
+    """`auto`: bfloat16 on a GPU, float32 on the CPU (CPU bf16 matmuls are slow and no smaller in effect); `checkpoint`: None,
+    the checkpoint's own dtype; else as given."""
     if dtype is None or str(dtype) == "auto":
         return "bfloat16" if device.startswith("cuda") else "float32"
+    if str(dtype) == CHECKPOINT_DTYPE:
+        return None
     return str(dtype)
 
 
-def load_model(model_cfg: Mapping[str, Any], model_path: str | None, device: str = "auto", dtype: str | None = "auto"):
-    """The reward model a score/serve config names, on its device and in its precision, in eval mode."""
-    from worldpm.reward_model import build_reward_model, resolve_dtype
+def load_model(model_cfg: Mapping[str, Any], model_path: str | None, device: str = "auto", dtype: str | None = "auto",
+               device_map=None):
+    """The reward model a score/serve/eval config names, on its device and in its precision, in eval mode.
 
-    device = resolve_device(device)
+    `model_path`: a reward checkpoint (RewardModel.from_pretrained); without one, the `model` config is built (its `path`: a
+    pretrained backbone with a fresh head, or none: random init). `dtype`: auto (bfloat16 on a GPU, float32 on the CPU), a
+    dtype name, or `checkpoint` (the checkpoint's own; for a model built from its config, the config's `dtype`).
+    `device_map` (e.g. `auto`, for a model_path): spread the model over the visible GPUs instead of putting it on `device`.
+    """
+    from worldpm.reward_model import RewardModel, build_reward_model, resolve_dtype
+
+    device = resolve_device(device) if device_map is None else str(device or "cpu")
     model_cfg = dict(model_cfg)
-    model_cfg["dtype"] = resolve_dtype_for(dtype, device)
-    resolve_dtype(model_cfg["dtype"])  # a bad dtype is a one-line error before any loading
-    model = build_reward_model(model_cfg, path=model_path, device=device)
+    if model_path or str(dtype) != CHECKPOINT_DTYPE:  # `checkpoint` without a checkpoint: the model config's own dtype
+        model_cfg["dtype"] = resolve_dtype_for(dtype, device)
+    resolve_dtype(model_cfg.get("dtype"))  # a bad dtype is a one-line error before any loading
+    if model_path:
+        model = RewardModel.from_pretrained(str(model_path), dtype=model_cfg["dtype"],
+                                            attn_implementation=model_cfg.get("attn_implementation", "sdpa"),
+                                            device=None if device_map is not None else device, device_map=device_map)
+    else:
+        model = build_reward_model(model_cfg, device=device)
     if not (model_path or model_cfg.get("path")):
         log.warning("no model_path: scoring with model=%s, RANDOMLY INITIALISED (fine for smoke tests, meaningless rewards)",
                     model_cfg.get("name"))
     return model.eval()
 
 
+def model_source(model_path: str | None, model_cfg: Mapping[str, Any]) -> str:
+    """Where the model comes from: the checkpoint path, the backbone's path, or `model=<name> (random init)`."""
+    return str(model_path or model_cfg.get("path") or f"model={model_cfg.get('name')} (random init)")
+
+
 def describe(model, model_path: str | None, model_cfg: Mapping[str, Any]) -> str:
-    source = model_path or model_cfg.get("path") or f"model={model_cfg.get('name')} (random init)"
     p = next(model.parameters())
-    return f"{source} (head={model.spec.head}, readout={model.spec.readout}, {p.dtype}, {p.device})"
+    return f"{model_source(model_path, model_cfg)} (head={model.spec.head}, readout={model.spec.readout}, {p.dtype}, {p.device})"
 
 
 # ---------------------------------------------------------------------- batched forward
@@ -93,24 +117,6 @@ def resolve_max_padding(value, device) -> float | None:
     return value
 
 
-def score_sequences(model, sequences: Sequence[Sequence[int]], max_tokens: int = 16384, max_batch_size: int = 64,
-                    max_padding: float | None = None, progress=None) -> list[float]:
-    """Rewards of token-id sequences (each ending in the reward token) in input order, scored in length-sorted batches of at
-    most `max_tokens` padded tokens, `max_batch_size` rows and `max_padding` padding; `progress(n_tokens)` after each batch."""
-    from worldpm.batching import length_sorted_batches
-
-    lengths = [len(s) for s in sequences]
-    rewards = [0.0] * len(sequences)
-    for batch in length_sorted_batches(lengths, max_tokens, max_batch_size, max_padding):
-        out = model.score_ids([sequences[i] for i in batch], max_tokens=max(max_tokens, len(batch) * max(lengths[i] for i in batch)),
-                              max_batch_size=len(batch))
-        for i, r in zip(batch, out):
-            rewards[i] = r
-        if progress:
-            progress(sum(lengths[i] for i in batch))
-    return rewards
-
-
 # ---------------------------------------------------------------------- normalisation
 class RewardTransform:
     """(r - mean) / std with the checkpoint's stored statistics when `normalize`, then clipping to [-clip, clip] when `clip`."""
@@ -123,13 +129,19 @@ class RewardTransform:
         self.mean, self.std, self.clip = mean, std, clip
 
     @classmethod
-    def for_model(cls, spec, normalize: bool, clip: float | None, where: str = "the checkpoint") -> "RewardTransform":
+    def from_stats(cls, mean: float | None, std: float | None, normalize: bool, clip: float | None,
+                   where: str = "the checkpoint") -> "RewardTransform":
+        """The transform for stored statistics `mean`/`std` (None when `where` stores none)."""
         if not normalize:
             return cls(clip=clip)
-        if spec.reward_mean is None or spec.reward_std is None:
+        if mean is None or std is None:
             raise UserError(f"normalize=true, but {where} stores no reward_mean/reward_std in its worldpm block "
                             f"(config.json); serve without normalisation or add the statistics of a held-out set")
-        return cls(float(spec.reward_mean), float(spec.reward_std), clip)
+        return cls(float(mean), float(std), clip)
+
+    @classmethod
+    def for_model(cls, spec, normalize: bool, clip: float | None, where: str = "the checkpoint") -> "RewardTransform":
+        return cls.from_stats(spec.reward_mean, spec.reward_std, normalize, clip, where)
 
     @property
     def normalizes(self) -> bool:
@@ -152,12 +164,7 @@ def check_statistics(path: str | None, normalize: bool) -> None:
 
     if normalize and path:
         block = _read_config(str(path)).get("worldpm") or {}
-        if block.get("reward_mean") is None or block.get("reward_std") is None:
-            RewardTransform.for_model(_NoStats, True, None, where=str(path))
-
-
-class _NoStats:
-    reward_mean = reward_std = None
+        RewardTransform.from_stats(block.get("reward_mean"), block.get("reward_std"), True, None, where=str(path))
 
 
 def sigmoid(x: float) -> float:
@@ -177,7 +184,7 @@ class LocalScorer:
         self.max_length = int(max_length or model.spec.max_length)
         self.max_padding = resolve_max_padding(max_padding, model.device)
         self._tokenize_lock = threading.Lock()  # a HF fast tokenizer is not safe to call from several threads at once
-        self.batcher = MicroBatcher(partial(score_sequences, model, max_tokens=max_tokens, max_batch_size=max_batch_size,
+        self.batcher = MicroBatcher(partial(model.score_ids, max_tokens=max_tokens, max_batch_size=max_batch_size,
                                             max_padding=self.max_padding),
                                     enabled=batching, window_ms=window_ms, max_tokens=max_tokens)
 
@@ -191,16 +198,12 @@ class LocalScorer:
 
     # tokenisation (callers may run it in a thread of their own, off an event loop)
     def encode_texts(self, texts: Sequence[str]) -> list[list[int]]:
-        from worldpm.chat_format import encode, render_text
-
         with self._tokenize_lock:
-            return encode(self.model.tokenizer, [render_text(t) for t in texts], self.max_length)[0]
+            return self.model.encode_texts(texts, self.max_length)
 
     def encode_conversations(self, conversations) -> list[list[int]]:
-        from worldpm.chat_format import encode_conversations
-
         with self._tokenize_lock:
-            return encode_conversations(self.model.tokenizer, conversations, self.max_length, self.model.spec.system_prompt)[0]
+            return self.model.encode(conversations, self.max_length)
 
     def submit(self, sequences: Sequence[Sequence[int]]) -> Future:
         """Raw rewards of token-id sequences, as a future (batched with whatever else is being scored)."""
@@ -301,6 +304,50 @@ def _error_text(response) -> str:
         return str(body.get("error") or body.get("detail") or body)
     except ValueError:
         return response.text[:200]
+
+
+def wait_healthy(url: str, timeout: float = 120.0, proc=None, interval: float = 0.2) -> dict:
+    """Wait until a `worldpm serve` at `url` answers GET /health with 200; its body.
+
+    `proc`: the server's `subprocess.Popen` (or pid): its exit ends the wait with a RuntimeError (with the end of its stderr when
+    that is a pipe). No answer within `timeout` seconds: TimeoutError.
+    """
+    import httpx
+
+    url = str(url).rstrip("/")
+    if url.endswith("/health"):
+        url = url[: -len("/health")]
+    deadline = time.monotonic() + timeout
+    while True:
+        _check_running(proc, url)
+        try:
+            response = httpx.get(f"{url}/health", timeout=2)
+            if response.status_code == 200:
+                try:
+                    return response.json()
+                except ValueError:
+                    return {}
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url}/health gave no answer within {timeout:g} s")
+        time.sleep(interval)
+
+
+def _check_running(proc, url: str) -> None:
+    if proc is None:
+        return
+    if isinstance(proc, int):
+        try:
+            os.kill(proc, 0)
+        except ProcessLookupError:
+            raise RuntimeError(f"the server for {url} (pid {proc}) exited before it answered /health") from None
+        return
+    if proc.poll() is not None:
+        err = proc.communicate()[1] if proc.stderr is not None else ""
+        err = err.decode(errors="replace") if isinstance(err, bytes) else err or ""
+        raise RuntimeError(f"the server for {url} exited with status {proc.returncode} before it answered /health: "
+                           f"{err[-2000:]}")
 
 
 def make_scorer(model_path: str | None = None, url: str | None = None, api_key: str | None = None, **options):

@@ -7,7 +7,8 @@ Endpoints (the HTTP contract, ARCHITECTURE.md):
   `{"rewards": [...], "scores": [...], "extra_logs": {"raw_reward": [...]}}`. `rewards` are normalised/clipped when asked;
   `scores` = sigmoid(rewards) in (0, 1), what OpenRLHF's dynamic filtering reads; `raw_reward` is the model's own output.
 - `POST /v1/score` `{"conversations": [[{role, content}, ...], ...]}` -> `{"rewards": [...]}`.
-- `GET /health` -> `{"status": "ok", ...}` (no auth, no model details).
+- `GET /health` -> `{"status": "ok", "pending": n, "limits": {...}, "traffic": {...}}` (no auth, no model details; traffic
+  holds the micro-batcher's counts since start: requests, sequences, tokens, batches, largest_batch).
 
 Concurrent requests are gathered for `batching.window_ms` up to `batching.max_tokens` and scored in one forward
 (worldpm.micro_batching). Safe by default: binds 127.0.0.1; with `api_key` every scoring request needs
@@ -48,6 +49,20 @@ class Limits:
         for name, value in vars(self).items():
             if not isinstance(value, int) or value < 1:
                 raise UserError(f"limits.{name} must be a positive integer, got {value!r}")
+
+
+def check_api_key(api_key) -> None:
+    """An api_key that is set must not be blank: refused by both the verb (before the model loads) and create_app."""
+    if api_key is not None and not str(api_key).strip():
+        raise UserError("api_key is set but empty; give a real key or leave it unset (null)")
+
+
+TRAFFIC_KEYS = ("requests", "sequences", "tokens", "batches", "largest_batch")  # what /health tells of the traffic: counts only
+
+
+def traffic(scorer) -> dict:
+    snapshot = scorer.batcher.stats.snapshot()
+    return {k: snapshot[k] for k in TRAFFIC_KEYS}
 
 
 class ApiError(Exception):
@@ -139,8 +154,7 @@ def create_app(scorer, *, api_key: str | None = None, limits: Limits | None = No
     from worldpm.scorer import sigmoid
 
     limits = limits or Limits()
-    if api_key is not None and not str(api_key).strip():
-        raise UserError("api_key is set but empty; give a real key or leave it unset (null)")
+    check_api_key(api_key)
     expected = str(api_key).encode() if api_key is not None else None
 
     @contextlib.asynccontextmanager
@@ -153,7 +167,7 @@ def create_app(scorer, *, api_key: str | None = None, limits: Limits | None = No
                 reporter.cancel()
             if close_scorer:  # every request that got an answer future is answered before the worker stops
                 await asyncio.to_thread(scorer.close)
-            log.info("scorer stopped: %s", scorer.batcher.stats.snapshot())
+            log.info("scorer stopped: %s", json.dumps(scorer.batcher.stats.snapshot()))
 
     app = FastAPI(title="worldpm reward server", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.scorer = scorer
@@ -208,7 +222,8 @@ def create_app(scorer, *, api_key: str | None = None, limits: Limits | None = No
     async def health():
         return {"status": "ok", "pending": scorer.batcher.pending,
                 "limits": {"max_items_per_request": limits.max_items_per_request,
-                           "max_chars_per_item": limits.max_chars_per_item, "max_body_bytes": limits.max_body_bytes}}
+                           "max_chars_per_item": limits.max_chars_per_item, "max_body_bytes": limits.max_body_bytes},
+                "traffic": traffic(scorer)}
 
     return app
 
@@ -235,6 +250,13 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` right now (for starting a server on it in another process)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -267,13 +289,12 @@ def make_server(app, host: str, port: int, shutdown_timeout_s: float, access_log
 
 
 def run(cfg: DictConfig) -> None:
-    from worldpm.scorer import LocalScorer, check_statistics, describe, load_model
+    from worldpm.scorer import LocalScorer, check_statistics, describe, load_model, model_source
 
     host, port = str(cfg.host), cfg.port
     if not isinstance(port, int) or not 0 <= port <= 65535:
         raise UserError(f"port must be an integer in 0..65535, got {port!r}")
-    if cfg.api_key is not None and not str(cfg.api_key).strip():
-        raise UserError("api_key is set but empty; give a real key or leave it unset (null)")
+    check_api_key(cfg.api_key)
     limits = Limits(**OmegaConf.to_container(cfg.limits, resolve=True))
     batching = cfg.batching
     _check_port_free(host, port)
@@ -285,7 +306,7 @@ def run(cfg: DictConfig) -> None:
                          batching=bool(batching.enabled), window_ms=float(batching.window_ms),
                          max_tokens=int(batching.max_tokens), max_batch_size=int(batching.max_batch_size),
                          max_padding=batching.max_padding,
-                         where=str(cfg.model_path or model_cfg.get("path") or f"model={model_cfg.get('name')}"))
+                         where=model_source(cfg.model_path, model_cfg))
     app = create_app(scorer, api_key=cfg.api_key, limits=limits, log_every_s=float(cfg.log_every_s))
     log.info("model %s; max_length %d tokens", describe(model, cfg.model_path, model_cfg), scorer.max_length)
     log.info("auth %s; batching %s; rewards %s%s", "on (Bearer api_key)" if cfg.api_key else "off",

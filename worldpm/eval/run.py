@@ -37,14 +37,16 @@ def evaluate_model(model, benchmarks: Mapping[str, tuple[dict, list]], cfg: Dict
     """Score every benchmark with `model` and write out_dir/{rewards.parquet, plots/, report.md, results.json}."""
     import numpy as np
 
+    from worldpm.atomic_dir import write_json
     from worldpm.eval import benchmarks as registry
     from worldpm.eval.bootstrap import percentile_ci, ratio_replicates, rng_for
     from worldpm.eval.categories import aggregate, category_of
     from worldpm.eval.metrics import item_stats
     from worldpm.eval.report import write_report
-    from worldpm.eval.results import reward_rows, write_json, write_rewards
+    from worldpm.eval.results import reward_rows, write_rewards
     from worldpm.eval.scoring import score_items
     from worldpm.eval.style import pair_features, response_features, style_control
+    from worldpm.scorer import resolve_max_padding
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -54,8 +56,10 @@ def evaluate_model(model, benchmarks: Mapping[str, tuple[dict, list]], cfg: Dict
                      "style_control": {}, "scoring": {}, "config": OmegaConf.to_container(cfg, resolve=True)}
     flat, replicates, rows = {}, {}, []
     totals = defaultdict(float)
+    max_padding = resolve_max_padding(cfg.get("max_padding", "auto"), model.device)
     for name, (bcfg, items) in benchmarks.items():
-        scored = score_items(model, items, cfg.get("max_length"), int(cfg.max_tokens_per_batch), desc=name)
+        scored = score_items(model, items, cfg.get("max_length"), int(cfg.max_tokens_per_batch), desc=name,
+                             max_batch_size=int(cfg.get("max_batch_size", 64)), max_padding=max_padding)
         for key in ("n_sequences", "n_unique", "n_truncated", "seconds"):
             totals[key] += getattr(scored, key)
         by_subtask: dict[str, list[int]] = defaultdict(list)
@@ -94,12 +98,18 @@ def evaluate_model(model, benchmarks: Mapping[str, tuple[dict, list]], cfg: Dict
     return results
 
 
-def load_model(path: str, cfg: DictConfig):
-    from worldpm.reward_model import RewardModel
+def load_model(path: str | None, cfg: DictConfig):
+    """The reward checkpoint at `path` (or, without one, the `model` config's model) as eval's config asks for it.
 
-    if cfg.get("device_map"):  # a model larger than one device (WorldPM-72B): layers spread by accelerate
-        return RewardModel.from_pretrained(path, dtype=cfg.dtype, device_map=cfg.device_map)
-    return RewardModel.from_pretrained(path, dtype=cfg.dtype, device=cfg.device)
+    eval's own meanings, mapped onto scorer.load_model's: `dtype: null` (or auto) is the checkpoint's own dtype (for a model
+    built from its config, the config's `dtype`), not the scorer's device-based `auto`; `device` is used as given
+    (default cpu); `device_map` (e.g. auto, for a model larger than one device such as WorldPM-72B) overrides it.
+    """
+    from worldpm.scorer import CHECKPOINT_DTYPE, load_model as load_scoring_model
+
+    dtype = CHECKPOINT_DTYPE if cfg.dtype is None or str(cfg.dtype) in ("auto", "None") else str(cfg.dtype)
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    return load_scoring_model(model_cfg, path, device=cfg.device, dtype=dtype, device_map=cfg.get("device_map") or None)
 
 
 def _log_to_file(out_dir: Path) -> logging.Handler:
@@ -113,9 +123,9 @@ def _log_to_file(out_dir: Path) -> logging.Handler:
 def _evaluate_series(cfg: DictConfig, benchmarks, out: Path) -> list[dict]:
     from tqdm.auto import tqdm
 
+    from worldpm.atomic_dir import write_json
     from worldpm.eval.checkpoints import discover
     from worldpm.eval.report import write_series_report
-    from worldpm.eval.results import write_json
 
     which = cfg.checkpoints if isinstance(cfg.checkpoints, str) else list(cfg.checkpoints)
     ckpts = discover(cfg.run_dir, which)
@@ -163,19 +173,13 @@ def run(cfg: DictConfig):
             benchmarks = load_benchmarks(cfg)
             return _evaluate_series(cfg, benchmarks, out)
         benchmarks = load_benchmarks(cfg)
-        if cfg.model_path:
-            model = load_model(str(cfg.model_path), cfg)
-            label = str(cfg.model_path)
-        else:
-            from worldpm.reward_model import build_reward_model
+        from worldpm.scorer import describe, model_source
 
-            model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-            if cfg.dtype:
-                model_cfg["dtype"] = cfg.dtype
-            model = build_reward_model(model_cfg, device=cfg.device)
-            label = model_cfg.get("path") or f"model={model_cfg['name']} (random init)"
-            if not model_cfg.get("path"):
-                log.warning("no model_path: evaluating %s", label)
+        model_path = str(cfg.model_path) if cfg.model_path else None
+        model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+        model = load_model(model_path, cfg)
+        label = model_source(model_path, model_cfg)
+        log.info("evaluating %s", describe(model, model_path, model_cfg))
         from worldpm.eval.checkpoints import find_state
 
         return evaluate_model(model, benchmarks, cfg, out, label, find_state(cfg.model_path))

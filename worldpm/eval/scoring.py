@@ -1,8 +1,8 @@
 """One scoring pass per benchmark with the shared reward reader (`RewardModel.score_ids`).
 
 Every (prompt, reply) of the benchmark is rendered once, identical ones deduplicated (RM-Bench, PPE best-of-K and RMB BoN share
-prompts across many replies; pairwise sets repeat replies), tokenised in one call, sorted by length and scored in
-length-sorted batches, so each padded batch holds sequences of similar length.
+prompts across many replies; pairwise sets repeat replies), tokenised in one call and scored in one `score_ids` call: its
+length-sorted batches hold sequences of similar length (at most `max_padding` of a batch padding, as `worldpm score`).
 """
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from worldpm.chat_format import encode_conversations
 from worldpm.eval.items import Item, conversation
 
 log = logging.getLogger("worldpm.eval")
-CHUNK = 512  # sequences per score_ids call: the progress bar's step; batching inside follows max_tokens
 
 
 @dataclass
@@ -32,7 +31,8 @@ class Scored:
     seconds: float
 
 
-def score_items(model, items: Sequence[Item], max_length: int | None = None, max_tokens: int = 16384, desc: str = "") -> Scored:
+def score_items(model, items: Sequence[Item], max_length: int | None = None, max_tokens: int = 16384, desc: str = "",
+                max_batch_size: int = 64, max_padding: float | None = None) -> Scored:
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
@@ -50,13 +50,10 @@ def score_items(model, items: Sequence[Item], max_length: int | None = None, max
         index.append(np.asarray(idx, dtype=np.int64))
     ids, n_truncated = encode_conversations(model.tokenizer, convs, int(max_length or model.spec.max_length), model.spec.system_prompt)
     lengths = np.array([len(s) for s in ids], dtype=np.int64)
-    order = np.argsort(-lengths, kind="stable")
-    rewards = np.zeros(len(ids), dtype=np.float64)
-    with tqdm(total=len(ids), desc=f"scoring {desc}".strip(), unit="seq", mininterval=2.0, disable=None) as bar:
-        for lo in range(0, len(order), CHUNK):
-            chunk = order[lo:lo + CHUNK]
-            rewards[chunk] = model.score_ids([ids[i] for i in chunk], max_tokens=max_tokens)
-            bar.update(len(chunk))
+    with tqdm(total=int(lengths.sum()), desc=f"scoring {desc}".strip(), unit="tok", unit_scale=True, mininterval=2.0,
+              disable=None) as bar:
+        rewards = np.asarray(model.score_ids(ids, max_tokens=max_tokens, max_batch_size=max_batch_size, max_padding=max_padding,
+                                             progress=bar.update), dtype=np.float64)
 
     replies = sorted({r for item in items for r in item.responses})
     reply_len = dict(zip(replies, (len(x) for x in model.tokenizer(replies, add_special_tokens=False)["input_ids"]))) if replies else {}
