@@ -15,12 +15,13 @@ output complete). Pure pyarrow: no torch, no worldpm.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -131,16 +132,24 @@ def write_pairs(rows: Iterable[Mapping], directory: str | os.PathLike, max_rows_
     return writer.shards
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    """`path` appears only complete: written to `.<name>.tmp` beside it, then renamed over it."""
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside `path` (same suffix, so writers that infer the format from it still do) to write to; renamed to
+    `path` when the block ends normally, removed when it raises. Readers see the old file or the new one, never half of one.
+    The one implementation of this for data_prep and worldpm (worldpm.atomic_dir re-exports it)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     try:
-        tmp.write_text(text, encoding="utf-8")
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, **dumps_kw) -> None:

@@ -92,7 +92,7 @@ def test_outputs_exist_and_are_complete(study):
     assert (out / "scaling_category.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert b"<svg" in (out / "scaling_category.svg").read_bytes()[:2000]
     assert json.loads((out / "fits.json").read_text()) == json.loads(json.dumps(result, default=str))
-    assert not list(out.glob(".*.tmp"))
+    assert not list(out.glob(".*.tmp*"))  # atomic_path's temporaries: .<stem>.tmp-<pid><suffix>
 
 
 def test_inputs_accounted_for(study):

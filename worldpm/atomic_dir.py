@@ -2,15 +2,16 @@
 readers see the old one or the new one, never half of one."""
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
+
+from data_prep.records import atomic_path  # noqa: F401 (the one tmp-then-rename; imported from here by worldpm)
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
@@ -25,20 +26,6 @@ def replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary path beside `path` (same suffix, so writers that infer the format from it still do) to write to; renamed to
-    `path` when the block ends normally, removed when it raises."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def jsonable(obj: Any) -> Any:
