@@ -10,7 +10,7 @@ from setuptools import setup
 HERE = Path(__file__).parent
 config_files = sorted(str(p.relative_to(HERE / "configs")) for p in (HERE / "configs").rglob("*.yaml"))
 
-# Pinned to the set proven to work together on these machines (shared/reference/environment.md).
+# Pinned to the set proven to work together on the project's CI machines.
 # torch is pinned to the version whose CPU wheel is on local disk: install it first (README) so pip never pulls a CUDA build.
 install_requires = [
     "torch==2.13.0",

@@ -82,8 +82,8 @@ def make_conversations(n: int, seed: int, question_words: float, answer_words: f
 
 
 def build_model(out_dir: Path) -> Path:
-    from worldpm.reward_model import RewardModel, init_head
-    from worldpm.tokenizer import load_tokenizer
+    from worldpm.model.reward_model import RewardModel, init_head
+    from worldpm.model.tokenizer import load_tokenizer
 
     rm = RewardModel.from_config(ARCH, load_tokenizer("qwen"), head="linear", seed=0, max_length=4096)
     init_head(rm.head, 0.5)  # rewards of O(1): the reward comparison below is meaningful
@@ -95,8 +95,8 @@ def build_tiny(out_dir: Path) -> Path:
     from omegaconf import OmegaConf
 
     from worldpm.config import compose
-    from worldpm.reward_model import RewardModel
-    from worldpm.tokenizer import load_tokenizer
+    from worldpm.model.reward_model import RewardModel
+    from worldpm.model.tokenizer import load_tokenizer
 
     arch = OmegaConf.to_container(compose("score", ["input=x"]).model.arch, resolve=True)
     return RewardModel.from_config(arch, load_tokenizer("tiny"), seed=0).save_pretrained(out_dir / "tiny")
@@ -105,7 +105,7 @@ def build_tiny(out_dir: Path) -> Path:
 # ---------------------------------------------------------------------- 1. batch scoring
 def bench_worldpm_score(model_dir: Path, data: Path, work: Path, device: str, dtype: str) -> dict:
     from worldpm.config import compose
-    from worldpm.score import run
+    from worldpm.serve.score import run
 
     out = work / "rewards.parquet"
     summary = run(compose("score", [f"model_path={model_dir}", f"input={data}", f"output={out}", f"device={device}", f"dtype={dtype}"]))
@@ -143,8 +143,8 @@ def padding_share(lengths: list[int], batches: list[list[int]]) -> float:
 # ---------------------------------------------------------------------- 2. serving
 def bench_server(model_dir: Path, texts: list[str], batching: bool, clients: int, per_client: int, device: str, dtype: str) -> dict:
     from tests.serving import hammer  # the serving tests' concurrent one-sample clients
-    from worldpm.scorer import wait_healthy
-    from worldpm.serve import free_port
+    from worldpm.serve.client import wait_healthy
+    from worldpm.ports import free_port
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -193,12 +193,12 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
 
-    from worldpm.batching import length_sorted_batches
-    from worldpm.chat_format import REWARD_TOKEN, render
-    from worldpm.scorer import resolve_device, resolve_dtype_for, resolve_max_padding
+    from worldpm.model.chat_format import REWARD_TOKEN, render
+    from worldpm.model.loader import resolve_device, resolve_dtype
+    from worldpm.model.padding import length_sorted_batches, resolve_max_padding
 
     device = resolve_device(args.device)
-    dtype = resolve_dtype_for("auto", device)
+    dtype = resolve_dtype("auto", device)
 
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -212,7 +212,7 @@ def main() -> None:
         data = work / "convs.jsonl"
         data.write_text("".join(json.dumps(c) + "\n" for c in convs))
 
-        from worldpm.reward_model import RewardModel
+        from worldpm.model.reward_model import RewardModel
 
         lengths = [len(s) for s in RewardModel.from_pretrained(model_dir).encode(convs)]
         results["data"] = {"conversations": len(convs), "tokens": sum(lengths), "median_tokens": int(statistics.median(lengths)),

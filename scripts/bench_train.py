@@ -47,8 +47,9 @@ def prepare(out: Path, data: Path | None, n_pairs: int, max_length: int, seed: i
 
     from data_prep.records import read_pairs, write_pairs
     from data_prep.synthetic_pairs import generate
-    from worldpm.pair_data import load_split
-    from worldpm.tokenizer import cache_dir, load_tokenizer
+    from worldpm.data.pairs import load_split
+    from worldpm.model.chat_format import ChatEncoder
+    from worldpm.model.tokenizer import cache_dir, load_tokenizer
 
     bench_data = out / "data"
     if data is None:
@@ -62,7 +63,7 @@ def prepare(out: Path, data: Path | None, n_pairs: int, max_length: int, seed: i
     shutil.rmtree(bench_data, ignore_errors=True)
     write_pairs(rows, bench_data / "train")
     tok = load_tokenizer("qwen")
-    table = load_split(bench_data, "train", tok, max_length, cache_dir=str(out / "hf_cache"))
+    table = load_split(bench_data, "train", ChatEncoder(tok, max_length), cache_dir=str(out / "hf_cache"))
     pq.write_table(pa.table({"chosen_ids": table["chosen_ids"], "rejected_ids": table["rejected_ids"]}), out / "pairs.parquet")
     lengths = sorted(len(c) for c in table["chosen_ids"]) + sorted(len(r) for r in table["rejected_ids"])
     lengths.sort()

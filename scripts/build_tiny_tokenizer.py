@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers  # noqa: E402
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 
-from worldpm.tokenizer import SPECIAL_TOKENS, TINY_TOKENIZER_DIR, prepare  # noqa: E402
+from worldpm.model.tokenizer import SPECIAL_TOKENS, TINY_TOKENIZER_DIR, prepare  # noqa: E402
 
 MODULES = ["json", "collections", "itertools", "functools", "pathlib", "re", "string", "textwrap", "datetime", "statistics",
            "random", "math", "argparse", "logging", "unittest", "email", "http", "urllib", "csv", "sqlite3", "typing", "dataclasses",

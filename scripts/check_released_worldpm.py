@@ -24,7 +24,7 @@ def main(argv=None) -> int:
     import torch
     from transformers import AutoTokenizer
 
-    from worldpm.reward_model import RewardModel
+    from worldpm.model.reward_model import RewardModel
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-path", required=True, help="local directory (or hub id) of Qwen/WorldPM-72B")

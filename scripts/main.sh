@@ -56,7 +56,7 @@ trap 'kill "$server" 2>/dev/null || true' EXIT
 python - "$port" "$server" <<'PY'
 import json, sys, urllib.request
 
-from worldpm.scorer import wait_healthy
+from worldpm.serve.client import wait_healthy
 
 port, pid = sys.argv[1], int(sys.argv[2])
 url = f"http://127.0.0.1:{port}"

@@ -1,7 +1,7 @@
 """Write the tiny benchmark fixtures shipped in worldpm/assets/benchmarks/ (used by the tests and the main job).
 
-Each file is in its benchmark's real format (field names, nesting, file layout: see worldpm/eval/<benchmark>.py and
-../shared/reference/formats.md §3) with a handful of records written here by hand, not copied from the datasets. Deterministic:
+Each file is in its benchmark's real format (field names, nesting, file layout: see worldpm/eval/benchmarks/<benchmark>.py and
+docs/eval.md) with a handful of records written here by hand, not copied from the datasets. Deterministic:
 running it again rewrites identical bytes.
 
     python scripts/make_benchmark_fixtures.py [--out worldpm/assets/benchmarks]

@@ -40,8 +40,8 @@ def count_params(cfg: dict) -> tuple[int, int]:
     """(total parameters of the reward model, parameters of its largest single module) on the meta device."""
     import torch
 
-    from worldpm.reward_model import RewardModel
-    from worldpm.tokenizer import load_tokenizer
+    from worldpm.model.reward_model import RewardModel
+    from worldpm.model.tokenizer import load_tokenizer
 
     rm = RewardModel.from_config(cfg["arch"], load_tokenizer("tiny"), head=cfg.get("head", "mlp"), device="meta")
     total = sum(p.numel() for p in rm.parameters())

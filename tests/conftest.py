@@ -26,8 +26,8 @@ def make_tiny(head: str = "mlp", head_std: float = 0.2, seed: int = 0, **spec):
     """A tiny random reward model whose head is scaled up so rewards differ by O(1) between texts (tolerances then bite)."""
     import torch
 
-    from worldpm.reward_model import RewardModel, init_head
-    from worldpm.tokenizer import load_tokenizer
+    from worldpm.model.reward_model import RewardModel, init_head
+    from worldpm.model.tokenizer import load_tokenizer
 
     rm = RewardModel.from_config(tiny_arch(), load_tokenizer("tiny"), head=head, seed=seed, **spec)
     torch.manual_seed(seed + 1)

@@ -7,7 +7,7 @@ import contextlib
 import threading
 import time
 
-from worldpm.chat_format import REWARD_TOKEN, render
+from worldpm.model.chat_format import REWARD_TOKEN, render
 
 
 def openrlhf_texts() -> list[str]:
@@ -24,7 +24,7 @@ def openrlhf_texts() -> list[str]:
 @contextlib.contextmanager
 def running_server(scorer, access_log: bool = True, **app_kwargs):
     """`worldpm serve`'s app and uvicorn server (the same classes the verb uses) on 127.0.0.1, a free port; yields the base URL."""
-    from worldpm.serve import create_app, make_server
+    from worldpm.serve.server import create_app, make_server
 
     app = create_app(scorer, **app_kwargs)
     server = make_server(app, "127.0.0.1", 0, shutdown_timeout_s=10, access_log=access_log)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from data_prep.records import PAIR_SCHEMA, ShardWriter, check_record, pair_id, read_pairs, write_pairs
-from worldpm.bt_loss import bt_loss, bt_losses
+from worldpm.model.bt_loss import bt_loss, bt_losses
 
 
 def test_bt_loss_against_the_formula():

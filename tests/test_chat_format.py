@@ -1,9 +1,9 @@
 import pytest
 
 from tests.conftest import conversations
-from worldpm.chat_format import ASSISTANT_HEADER, REWARD_TOKEN, encode, encode_conversations, render, render_text
+from worldpm.model.chat_format import ASSISTANT_HEADER, REWARD_TOKEN, encode, encode_conversations, render, render_text
 from worldpm.errors import UserError
-from worldpm.tokenizer import load_tokenizer
+from worldpm.model.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +99,7 @@ def test_bad_conversations_are_one_line_errors(bad, match):
 
 
 def test_encode_rejects_text_not_ending_in_reward_token(tok):
-    from worldpm.chat_format import Rendered
+    from worldpm.model.chat_format import Rendered
 
     with pytest.raises(UserError, match="reward token"):
         encode(tok, [Rendered("no reward token here", 0, 5)], max_length=100)

@@ -35,7 +35,7 @@ def test_unknown_verb_is_one_line(capsys):
 def test_verb_not_built_yet_is_one_line(monkeypatch, capsys):
     from worldpm import cli
 
-    monkeypatch.setitem(cli.VERBS, "teleport", ("worldpm.teleport_not_built", "not yet"))
+    monkeypatch.setitem(cli.VERBS, "teleport", ("teleport", "worldpm.teleport_not_built:run", "not yet"))
     with pytest.raises(SystemExit) as exit_:
         cli.main(["teleport", "x=1"])
     err = capsys.readouterr().err

@@ -20,8 +20,8 @@ def n_params(module):
 def test_large_configs_match_published_parameter_counts_on_meta_device(name):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from worldpm.reward_model import RewardModel
-    from worldpm.tokenizer import load_tokenizer
+    from worldpm.model.reward_model import RewardModel
+    from worldpm.model.tokenizer import load_tokenizer
 
     cfg = model_cfg(name)
     assert cfg["path"].startswith("Qwen/Qwen2.5-") and cfg["path"].lower().endswith(name.split("-")[-1])
@@ -40,8 +40,8 @@ def test_large_configs_match_published_parameter_counts_on_meta_device(name):
 
 
 def test_tiny_is_tiny():
-    from worldpm.reward_model import RewardModel
-    from worldpm.tokenizer import load_tokenizer
+    from worldpm.model.reward_model import RewardModel
+    from worldpm.model.tokenizer import load_tokenizer
 
     rm = RewardModel.from_config(model_cfg("tiny")["arch"], load_tokenizer("tiny"))
     assert 1e5 < n_params(rm) < 5e6

@@ -11,7 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from worldpm.errors import UserError
-from worldpm.eval.benchmarks import load_benchmark
+from worldpm.eval.benchmarks.registry import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "worldpm" / "assets" / "benchmarks"
@@ -240,7 +240,7 @@ def test_max_items_subsamples_each_subtask_reproducibly():
 
 
 def test_json_lines_locators_name_the_file_line_in_one_pass(tmp_path, monkeypatch):
-    from worldpm.eval import sources
+    from worldpm.eval.benchmarks import sources
 
     rows = [{"a": 1}, {"a": 2}, {"a": 3}]
     path = tmp_path / "x.jsonl.gz"

@@ -67,7 +67,7 @@ def test_rewardbench2_best_of_4_shares_a_k_way_tie_at_the_top(rewards, expected)
 
 def test_rewardbench_sections_weight_subsets_by_example_counts():
     from worldpm.config import compose
-    from worldpm.eval.rewardbench import official
+    from worldpm.eval.benchmarks.rewardbench import official
 
     bcfg = compose("eval", ["output_dir=x", "benchmark=[rewardbench]"]).benchmark.rewardbench
     assert bcfg.sections.reasoning["math-prm"] == 984 and bcfg.sections.reasoning["hep-go"] == 164
@@ -88,7 +88,7 @@ def test_rewardbench_sections_weight_subsets_by_example_counts():
 
 
 def test_rmbench_matrix_on_two_items():
-    from worldpm.eval.rmbench import official, style_matrix
+    from worldpm.eval.benchmarks.rmbench import official, style_matrix
 
     a = np.array([3, 2, 1, 2.5, 1.5, 0.5])  # chosen [c0, c1, c2], rejected [r0, r1, r2]
     b = np.array([0, 1, 2, 1, 1, 1])        # ties with every rejected at c1: wrong
@@ -140,7 +140,7 @@ def test_roc_auc_against_a_hand_count():
 
 
 def test_ppe_official_curve_auc_and_accuracy_on_crafted_rewards():
-    from worldpm.eval.ppe import official
+    from worldpm.eval.benchmarks.ppe import official
 
     c1, c2 = [False, True, False, True], [True, True, True, False]
     items = [pair_item(n=4, pairs=[(1, 0), (3, 2)], subtask="math", correct=c1),
@@ -156,7 +156,7 @@ def test_ppe_official_curve_auc_and_accuracy_on_crafted_rewards():
 
 
 def test_rewardbench2_ties_composite_by_hand():
-    from worldpm.eval.rewardbench2 import ties_score
+    from worldpm.eval.benchmarks.rewardbench2 import ties_score
 
     def tie_item(kind, pid, good, bad):
         n = len(good) + len(bad)
@@ -231,7 +231,7 @@ def test_categories_average_their_subtasks_and_skip_uncategorised():
 
 def test_order_categories_puts_the_papers_first_then_the_rest_sorted():
     from worldpm.eval.categories import order_categories
-    from worldpm.eval.scaling_points import order_keys
+    from worldpm.eval.scaling.points import order_keys
 
     assert order_categories({"zeta", "subjective", "in_distribution"}) == ["subjective", "in_distribution", "zeta"]
     assert order_categories({"zeta", "subjective"}, all_paper=True) == ["adversarial", "objective", "subjective", "zeta"]

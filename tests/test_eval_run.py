@@ -219,7 +219,7 @@ def test_missing_output_dir_is_one_line():
 
 
 def test_evaluation_never_imports_the_trainer():
-    code = ("import sys, worldpm.eval.run as r, worldpm.eval.benchmarks as b, worldpm.eval.scoring, worldpm.eval.report\n"
+    code = ("import sys, worldpm.eval.run as r, worldpm.eval.benchmarks.registry as b, worldpm.eval.scoring, worldpm.eval.report\n"
             "import importlib\n[importlib.import_module(m) for m in b.LOADERS.values()]\n"
             "bad = [m for m in sys.modules if m.startswith(('worldpm.train', 'deepspeed'))]\nassert not bad, bad\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},

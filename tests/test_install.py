@@ -18,7 +18,7 @@ def test_wheel_ships_configs_and_assets_and_finds_them_when_installed(tmp_path):
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
                    check=True, capture_output=True)
-    code = ("import worldpm.config as c, worldpm.tokenizer as t; d = c.config_dir(); print(d); "
+    code = ("import worldpm.config as c, worldpm.model.tokenizer as t; d = c.config_dir(); print(d); "
             "print(c.compose('score', ['model=qwen2.5-7b', 'input=x']).model.path); print(len(t.load_tokenizer('tiny')))")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**env, "PYTHONPATH": str(site)},

@@ -1,11 +1,11 @@
-"""MicroBatcher: requests from many threads share calls of the scoring function, each caller gets its own results."""
+"""RequestBatcher: requests from many threads share calls of the scoring function, each caller gets its own results."""
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from worldpm.micro_batching import MicroBatcher
+from worldpm.serve.batcher import RequestBatcher
 
 
 class Recorder:
@@ -26,7 +26,7 @@ class Recorder:
 
 def test_concurrent_requests_are_gathered_and_answered_in_order():
     fn = Recorder(delay_s=0.02)
-    batcher = MicroBatcher(fn, window_ms=20, max_tokens=10_000)
+    batcher = RequestBatcher(fn, window_ms=20, max_tokens=10_000)
     requests = [[[i, 1], [i, 2, 3]] for i in range(64)]
     with ThreadPoolExecutor(32) as pool:
         results = list(pool.map(lambda req: batcher.submit(req).result(timeout=30), requests))
@@ -40,7 +40,7 @@ def test_concurrent_requests_are_gathered_and_answered_in_order():
 
 def test_token_budget_bounds_a_gathered_batch_and_an_oversize_request_goes_alone():
     fn = Recorder()
-    batcher = MicroBatcher(fn, window_ms=200, max_tokens=10)
+    batcher = RequestBatcher(fn, window_ms=200, max_tokens=10)
     futures = [batcher.submit([[1] * 4]) for _ in range(5)] + [batcher.submit([[2] * 25])] + [batcher.submit([[3] * 4])]
     assert [f.result(timeout=30) for f in futures] == [[4.0]] * 5 + [[50.0]] + [[12.0]]
     batcher.close()
@@ -50,7 +50,7 @@ def test_token_budget_bounds_a_gathered_batch_and_an_oversize_request_goes_alone
 
 def test_disabled_scores_each_request_alone():
     fn = Recorder()
-    batcher = MicroBatcher(fn, enabled=False)
+    batcher = RequestBatcher(fn, enabled=False)
     with ThreadPoolExecutor(8) as pool:
         out = list(pool.map(lambda i: batcher.submit([[i], [i, i]]).result(timeout=30), range(20)))
     batcher.close()
@@ -60,7 +60,7 @@ def test_disabled_scores_each_request_alone():
 
 def test_a_failing_batch_fails_its_requests_only_and_the_worker_keeps_serving():
     fn = Recorder(fail_on=99)
-    batcher = MicroBatcher(fn, window_ms=100)
+    batcher = RequestBatcher(fn, window_ms=100)
     bad, same_batch = batcher.submit([[99]]), batcher.submit([[1]])
     with pytest.raises(ValueError, match="poisoned"):
         bad.result(timeout=30)
@@ -73,7 +73,7 @@ def test_a_failing_batch_fails_its_requests_only_and_the_worker_keeps_serving():
 
 def test_close_answers_everything_queued_then_refuses_new_work():
     fn = Recorder(delay_s=0.01)
-    batcher = MicroBatcher(fn, window_ms=1, max_tokens=3)
+    batcher = RequestBatcher(fn, window_ms=1, max_tokens=3)
     futures = [batcher.submit([[i, i, i]]) for i in range(30)]  # one request per forward: a queue builds up
     batcher.close()
     assert [f.result(timeout=0) for f in futures] == [[3.0 * i] for i in range(30)]
@@ -88,7 +88,7 @@ def test_cancelled_requests_are_not_scored():
         release.wait(10)
         return [0.0] * len(sequences)
 
-    batcher = MicroBatcher(slow, window_ms=0)
+    batcher = RequestBatcher(slow, window_ms=0)
     first = batcher.submit([[1]])  # occupies the worker
     time.sleep(0.05)
     second = batcher.submit([[2]])
@@ -100,13 +100,13 @@ def test_cancelled_requests_are_not_scored():
 
 
 def test_an_empty_request_is_answered_at_once():
-    batcher = MicroBatcher(Recorder())
+    batcher = RequestBatcher(Recorder())
     assert batcher.submit([]).result(timeout=0) == []
     batcher.close()
 
 
 def test_max_padding_bounds_the_padding_of_every_batch():
-    from worldpm.batching import length_sorted_batches
+    from worldpm.model.padding import length_sorted_batches
 
     lengths = [5, 400, 37, 120, 118, 90, 3, 64, 300, 299, 71, 12, 250]
     for max_padding in (0.0, 0.2, 0.5):
@@ -120,7 +120,7 @@ def test_max_padding_bounds_the_padding_of_every_batch():
 
 def test_score_ids_is_the_same_however_it_batches(tiny_rm):
     from tests.conftest import conversations
-    from worldpm.scorer import resolve_max_padding
+    from worldpm.model.padding import resolve_max_padding
 
     ids = tiny_rm.encode(conversations() * 3)
     alone = [tiny_rm.score_ids([s])[0] for s in ids]

@@ -9,11 +9,13 @@ import torch
 
 from tests.conftest import conversations
 from tests.serving import openrlhf_texts, running_server
-from worldpm import reward_funcs
+from worldpm.serve import reward_funcs
 from worldpm.errors import UserError
-from worldpm.reward_funcs import OpenRLHFRewardFunc, TRLRewardFunc, openrlhf_reward_func, trl_reward_func
-from worldpm.reward_model import RewardModel
-from worldpm.scorer import LocalScorer, RemoteScorer, sigmoid
+from worldpm.serve.reward_funcs import OpenRLHFRewardFunc, TRLRewardFunc, openrlhf_reward_func, trl_reward_func
+from worldpm.model.reward_model import RewardModel
+from worldpm.serve.client import RemoteScorer
+from worldpm.serve.scorers import LocalScorer
+from worldpm.serve.scores import sigmoid
 
 TOL = 1e-5
 KEY = "reward-funcs-key"

@@ -5,10 +5,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests.conftest import conversations, make_tiny, tiny_arch
-from worldpm.batching import length_sorted_batches, pad_batch
-from worldpm.chat_format import REWARD_TOKEN
+from worldpm.model.padding import length_sorted_batches, pad_batch
+from worldpm.model.chat_format import REWARD_TOKEN
 from worldpm.errors import UserError
-from worldpm.reward_model import RewardModel, build_reward_model
+from worldpm.model.loader import load_reward_model
+from worldpm.model.reward_model import RewardModel
 
 TOL = 1e-5
 
@@ -181,7 +182,7 @@ def test_a_plain_language_model_has_no_reward_head(tmp_path):
         RewardModel.from_pretrained(tmp_path / "lm")
     assert one_line(err) and "lm" in str(err.value)
     # ...but it is a fine backbone: model.path starts a reward model on it with a fresh head
-    rm = build_reward_model({"name": "x", "path": str(tmp_path / "lm"), "tokenizer": "tiny", "head": "linear"})
+    rm = load_reward_model({"name": "x", "path": str(tmp_path / "lm"), "tokenizer": "tiny", "head": "linear"})
     assert rm.spec.head == "linear" and len(rm.score(conversations()[:2])) == 2
     assert torch.equal(rm.model.embed_tokens.weight, lm.model.embed_tokens.weight)
 

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from worldpm.errors import UserError
-from worldpm.eval import power_law
-from worldpm.eval.power_law import check_points, fit_power_law, fit_saturating, trend
-from worldpm.eval.scaling import scaling_pattern
+from worldpm.eval.scaling import power_law
+from worldpm.eval.scaling.power_law import check_points, fit_power_law, fit_saturating, trend
+from worldpm.eval.scaling.run import scaling_pattern
 
 D = np.geomspace(1e3, 1e7, 16)
 
@@ -146,7 +146,7 @@ def test_trend_and_pattern_readings():
 
 
 def test_run_dir_prefers_evals_config_and_falls_back_to_the_model_path(tmp_path):
-    from worldpm.eval.scaling_points import _run_dir
+    from worldpm.eval.scaling.points import _run_dir
 
     here = tmp_path / "evals" / "step-10" / "results.json"
     ckpt = "runs/a/checkpoints/step-00000010/hf"

@@ -112,8 +112,8 @@ def test_data_options_are_one_epoch_of_their_sweep(sweep_name):
 
 def test_tiny_model_sizes_differ_and_are_tiny():
     from worldpm.config import compose
-    from worldpm.reward_model import RewardModel
-    from worldpm.tokenizer import load_tokenizer
+    from worldpm.model.reward_model import RewardModel
+    from worldpm.model.tokenizer import load_tokenizer
 
     counts = {}
     for name in ("tiny-small", "tiny-medium"):

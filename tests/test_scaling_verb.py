@@ -77,7 +77,7 @@ def study(tmp_path_factory):
     (tmp / "evals" / "base-model").mkdir()  # an eval of a model that is not a training checkpoint: skipped, reported
     (tmp / "evals" / "base-model" / "results.json").write_text(json.dumps({"model_path": "Qwen/x", "checkpoint": {},
                                                                           "benchmarks": {}, "categories": {}}))
-    from worldpm.eval.scaling import run
+    from worldpm.eval.scaling.run import run
 
     result = run(cfg(tmp))
     return tmp, result
@@ -161,7 +161,7 @@ def test_report_has_the_tables_and_figures(study):
 
 def test_points_final_and_min_pairs(tmp_path):
     write_study(tmp_path)
-    from worldpm.eval.scaling import run
+    from worldpm.eval.scaling.run import run
 
     with pytest.raises(Exception) as err:  # one checkpoint per run: nothing to fit
         run(cfg(tmp_path, "points=final", "plots=false"))
@@ -174,7 +174,7 @@ def test_points_final_and_min_pairs(tmp_path):
 
 def test_seeds_are_separate_runs_and_bayes_reference(tmp_path):
     write_study(tmp_path, seeds=(0, 1))
-    from worldpm.eval.scaling import run
+    from worldpm.eval.scaling.run import run
 
     result = run(cfg(tmp_path, "levels=[category]", "bayes_loss=0.3", "formats=[png]", "bootstrap.n_saturating=0"))
     assert all(len(m["runs"]) == 2 and m["seeds"] == ["0", "1"] for m in result["models"])
@@ -190,7 +190,7 @@ def test_seeds_are_separate_runs_and_bayes_reference(tmp_path):
 
 
 def test_ground_truth_says_whether_the_bayes_loss_lies_inside_the_l_inf_interval():
-    from worldpm.eval.scaling import ground_truth
+    from worldpm.eval.scaling.run import ground_truth
 
     def fit(l_inf_ci):
         return {"level": "subtask", "key": "heldout/test", "model": "m",
@@ -212,7 +212,7 @@ def test_bayes_loss_from_a_dataset_manifest(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     (data / "manifest.json").write_text(json.dumps({"source": "synthetic", "bayes_bt_loss": 0.41}))
-    from worldpm.eval.scaling import run
+    from worldpm.eval.scaling.run import run
 
     result = run(cfg(tmp_path, "levels=[subtask]", f"bayes_loss={data}", "bayes_key=ppe/math", "plots=false"))
     assert result["bayes"]["loss"] == 0.41 and {r["key"] for r in result["ground_truth"]} == {"ppe/math"}

@@ -14,7 +14,7 @@ from data_prep.records import PAIR_SCHEMA, pair_id, write_pairs
 from tests.conftest import conversations
 from worldpm.config import compose
 from worldpm.errors import UserError
-from worldpm.score import run
+from worldpm.serve.score import run
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-5
@@ -42,7 +42,7 @@ def pairs(n=12):
 def expected_pair_metrics(tiny_rm, rows):
     chosen = tiny_rm.score([r["prompt"] + [{"role": "assistant", "content": r["chosen"]}] for r in rows])
     rejected = tiny_rm.score([r["prompt"] + [{"role": "assistant", "content": r["rejected"]}] for r in rows])
-    # independent of worldpm.bt_loss: -log sigmoid(d) = log(1 + exp(-d))
+    # independent of worldpm.model.bt_loss: -log sigmoid(d) = log(1 + exp(-d))
     loss = sum(math.log1p(math.exp(-(c - j))) for c, j in zip(chosen, rejected)) / len(rows)
     accuracy = sum(c > j for c, j in zip(chosen, rejected)) / len(rows)
     return chosen, rejected, accuracy, loss

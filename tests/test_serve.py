@@ -17,9 +17,11 @@ import pytest
 from tests.conftest import conversations, make_tiny
 from tests.serving import hammer, openrlhf_texts, running_server
 from worldpm.errors import UserError
-from worldpm.reward_model import RewardModel
-from worldpm.scorer import LocalScorer, sigmoid, wait_healthy
-from worldpm.serve import free_port
+from worldpm.model.reward_model import RewardModel
+from worldpm.serve.client import wait_healthy
+from worldpm.serve.scorers import LocalScorer
+from worldpm.serve.scores import sigmoid
+from worldpm.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL = 1e-5
@@ -123,7 +125,7 @@ BAD_REQUESTS = [
 
 
 def test_every_bad_request_gets_a_json_4xx_and_the_server_keeps_serving(tiny_rm, served):
-    from worldpm.serve import Limits
+    from worldpm.serve.server import Limits
 
     limits = Limits(max_items_per_request=8, max_chars_per_item=2000, max_body_bytes=16384)
     good = openrlhf_texts()[:3]

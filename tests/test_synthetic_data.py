@@ -99,7 +99,7 @@ def test_labels_are_bradley_terry_draws_from_the_true_reward(big):
 def test_bayes_loss_against_an_independent_computation(big):
     import torch
 
-    from worldpm.bt_loss import bt_losses
+    from worldpm.model.bt_loss import bt_losses
 
     stats = json.loads((big / "stats.json").read_text())
     for split in ("train", "test"):
@@ -195,8 +195,8 @@ def test_datasets_loads_the_splits(big):
 def test_feature_words_are_single_tokens_so_a_tiny_transformer_can_count_them(big):
     """Each feature word is one token (after a space) in the tiny and the Qwen tokenizer; in rendered replies the number of
     feature tokens equals the number of feature words, so r* is linear in token counts."""
-    from worldpm.chat_format import encode_conversations
-    from worldpm.tokenizer import load_tokenizer
+    from worldpm.model.chat_format import encode_conversations
+    from worldpm.model.tokenizer import load_tokenizer
 
     sample = rows(big, "test")[:100]
     for name in ("tiny", "qwen"):

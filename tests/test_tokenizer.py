@@ -1,7 +1,7 @@
 import pytest
 
 from tests.conftest import make_tiny
-from worldpm.tokenizer import QWEN2_SPECIAL_IDS, load_tokenizer
+from worldpm.model.tokenizer import QWEN2_SPECIAL_IDS, load_tokenizer
 
 TEXTS = ["Tips for better sleep?", "x = 12345 + 678\n\n\tdef f():\n    return  'ok'", "日本語のテキストと中文文本",
          "café naïve — “quotes” 🙂", "   leading and trailing   ", "<p>HTML &amp; <code>code</code></p>"]

@@ -7,7 +7,9 @@ import pytest
 from data_prep.records import COLUMNS, check_record, read_pairs, write_pairs
 from data_prep.synthetic_pairs import generate, write_dataset
 from worldpm.errors import UserError
-from worldpm.pair_data import PairStream, PairTable, load_split, sources
+from worldpm.data.pairs import PairTable, load_split
+from worldpm.data.stream import PairStream, sources
+from worldpm.model.chat_format import ChatEncoder
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +39,7 @@ def test_tokenised_pairs_are_exactly_what_the_reward_model_encodes(dataset, tmp_
     from tests.conftest import make_tiny
 
     rm = make_tiny()
-    table = PairTable(load_split(dataset, "train", rm.tokenizer, max_length=96, cache_dir=str(tmp_path)))
+    table = PairTable(load_split(dataset, "train", ChatEncoder(rm.tokenizer, max_length=96), cache_dir=str(tmp_path)))
     rows = read_pairs(dataset / "train").to_pylist()
     pairs = table.pairs(range(len(rows)))
     for row, pair, tokens in zip(rows, pairs, table.tokens):
@@ -51,10 +53,10 @@ def test_tokenised_pairs_are_exactly_what_the_reward_model_encodes(dataset, tmp_
 
 
 def test_pair_table_costs_are_the_collated_pair_costs(dataset, tmp_path):
-    from worldpm.packing import LAYOUTS, pair_cost
-    from worldpm.tokenizer import load_tokenizer
+    from worldpm.data.packing import LAYOUTS, pair_cost
+    from worldpm.model.tokenizer import load_tokenizer
 
-    table = PairTable(load_split(dataset, "train", load_tokenizer("tiny"), max_length=96, cache_dir=str(tmp_path)))
+    table = PairTable(load_split(dataset, "train", ChatEncoder(load_tokenizer("tiny"), max_length=96), cache_dir=str(tmp_path)))
     pairs = table.pairs(range(len(table)))
     for layout in LAYOUTS:
         assert table.costs(layout).tolist() == [pair_cost(p, layout) for p in pairs], layout
@@ -62,13 +64,13 @@ def test_pair_table_costs_are_the_collated_pair_costs(dataset, tmp_path):
 
 
 def test_tokenisation_is_cached(dataset, tmp_path):
-    from worldpm.tokenizer import load_tokenizer
+    from worldpm.model.tokenizer import load_tokenizer
 
     tok = load_tokenizer("tiny")
-    first = load_split(dataset, "test", tok, max_length=128, cache_dir=str(tmp_path))
-    again = load_split(dataset, "test", tok, max_length=128, cache_dir=str(tmp_path))
+    first = load_split(dataset, "test", ChatEncoder(tok, max_length=128), cache_dir=str(tmp_path))
+    again = load_split(dataset, "test", ChatEncoder(tok, max_length=128), cache_dir=str(tmp_path))
     assert first.cache_files and first.cache_files == again.cache_files
-    other = load_split(dataset, "test", tok, max_length=64, cache_dir=str(tmp_path))
+    other = load_split(dataset, "test", ChatEncoder(tok, max_length=64), cache_dir=str(tmp_path))
     assert other.cache_files != first.cache_files  # a different truncation is a different cache entry
 
 
@@ -116,10 +118,10 @@ def test_sources_validate_paths_and_weights(dataset, tmp_path):
 
 
 def test_bad_rows_fail_with_the_pair_id(tmp_path):
-    from worldpm.tokenizer import load_tokenizer
+    from worldpm.model.tokenizer import load_tokenizer
 
     row = generate(1, 0)["train"][0]
     row["prompt"] = [{"role": "narrator", "content": "x"}]
     write_pairs([row], tmp_path / "d" / "train")
     with pytest.raises(UserError, match=row["id"]):
-        load_split(tmp_path / "d", "train", load_tokenizer("tiny"), 128, cache_dir=str(tmp_path / "c"))
+        load_split(tmp_path / "d", "train", ChatEncoder(load_tokenizer("tiny"), 128), cache_dir=str(tmp_path / "c"))

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from tests.conftest import make_tiny
-from worldpm.bt_loss import bt_loss
-from worldpm.packing import (LAYOUTS, Segment, TokenizedPair, collate, common_prefix_length, model_inputs, plan_micro_batches,
+from worldpm.model.bt_loss import bt_loss
+from worldpm.data.packing import (LAYOUTS, Segment, TokenizedPair, collate, common_prefix_length, model_inputs, plan_micro_batches,
                              segment_mask, use_attention, visibility)
 
 TOL = 1e-5
@@ -168,7 +168,7 @@ def test_pair_costs_from_the_length_arrays_equal_pair_cost():
     """What the trainer plans with (PairTable's arrays, no pair read) is what each pair costs when collated."""
     import numpy as np
 
-    from worldpm.packing import pair_cost, pair_costs
+    from worldpm.data.packing import pair_cost, pair_costs
 
     rng = np.random.default_rng(0)
     pairs = [TokenizedPair([1], [1], 1), TokenizedPair([1, 2], [1, 2], 2), TokenizedPair([3], [4, 5], 0)]  # edge cases

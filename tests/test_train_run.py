@@ -74,16 +74,15 @@ def test_sigterm_saves_a_checkpoint_and_the_resumed_run_is_exact(reference, data
 
 KILL_DURING_SAVE = """
 import os, sys
-import worldpm.checkpointing as c
+import worldpm.train.checkpointing as c
 write = c._write_json
 def dying(path, payload):
     if path.name == "state.json" and payload.get("step") == 4:
         os._exit(9)  # killed after the engine state and hf/ export were written, before state.json
     write(path, payload)
 c._write_json = dying
-from worldpm.train import main
-sys.argv = ["worldpm train"] + sys.argv[1:]
-main()
+from worldpm.cli import main
+main(["train"] + sys.argv[1:])
 """
 
 
@@ -96,7 +95,7 @@ def test_a_kill_during_save_leaves_the_newest_complete_checkpoint_and_resume_is_
     names = sorted(p.name for p in (out / "checkpoints").iterdir())
     assert names == [".step-00000004.tmp", "step-00000002"]  # the half-written one never got its final name
     run_in_process(data, out, cache, *STEPS, "trainer.max_steps=8", "trainer.save_every=2", "trainer.eval_every=0")
-    from worldpm.checkpointing import complete_checkpoints
+    from worldpm.train.checkpointing import complete_checkpoints
 
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [f"step-0000000{i}" for i in (2, 4, 6, 8)]
     assert [p.name for p in complete_checkpoints(out)] == ["step-00000004", "step-00000006", "step-00000008"]  # keep_last=3
@@ -104,7 +103,7 @@ def test_a_kill_during_save_leaves_the_newest_complete_checkpoint_and_resume_is_
 
 
 def _poison(monkeypatch, bad_steps):
-    import worldpm.train as train
+    import worldpm.train.recipe as train
 
     calls = {"n": 0}
     real = train.bt_loss
@@ -196,7 +195,7 @@ def test_cli_errors_are_one_line_with_exit_status_2(args, needle):
 
 
 def test_lr_schedule_warmup_then_constant_or_cosine_to_the_floor():
-    from worldpm.engine import lr_lambda
+    from worldpm.train.engine import lr_lambda
 
     cosine = lr_lambda(warmup_steps=4, total_steps=14, schedule="cosine", min_ratio=0.1)
     assert [cosine(n) for n in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
@@ -207,7 +206,7 @@ def test_lr_schedule_warmup_then_constant_or_cosine_to_the_floor():
 
 
 def test_old_checkpoints_are_pruned_to_their_export_so_the_series_survives(data, cache, tmp_path):
-    from worldpm.checkpointing import complete_checkpoints
+    from worldpm.train.checkpointing import complete_checkpoints
 
     out = tmp_path / "run"
     run_in_process(data, out, cache, *STEPS, "trainer.max_steps=4", "trainer.save_every=1", "trainer.keep_last=2",
@@ -227,8 +226,8 @@ def test_old_checkpoints_are_pruned_to_their_export_so_the_series_survives(data,
 
 
 def test_micro_batch_stats_stay_on_the_device_and_match_the_per_pair_values():
-    from worldpm.bt_loss import bt_loss, bt_losses
-    from worldpm.train import STATS, micro_batch_stats
+    from worldpm.model.bt_loss import bt_loss, bt_losses
+    from worldpm.train.metrics import STATS, micro_batch_stats
 
     torch.manual_seed(0)
     rc, rr = torch.randn(7), torch.randn(7)

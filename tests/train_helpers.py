@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from worldpm.distributed import free_port  # noqa: F401 (the tests' launchers take their port from here)
+from worldpm.ports import free_port  # noqa: F401 (the tests' launchers take their port from here)
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -45,7 +45,7 @@ def overrides(data: Path, out: Path, cache: Path, *extra: str) -> list[str]:
 
 def run_in_process(data, out, cache, *extra):
     from worldpm.config import compose
-    from worldpm.train import run
+    from worldpm.train.recipe import run
 
     return run(compose("train", overrides(data, out, cache, *extra)))
 
@@ -106,9 +106,9 @@ def eval_loss_of_export(model_dir: Path, data: Path, eval_pairs: int = 2000) -> 
     import torch
 
     from data_prep.records import read_pairs
-    from worldpm.bt_loss import bt_losses
-    from worldpm.reward_model import RewardModel
-    from worldpm.train import eval_subset
+    from worldpm.model.bt_loss import bt_losses
+    from worldpm.model.reward_model import RewardModel
+    from worldpm.train.prepare import eval_subset
 
     rows = read_pairs(Path(data) / "test").to_pylist()
     rows = [rows[i] for i in eval_subset(rows, eval_pairs)]

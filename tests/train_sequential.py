@@ -7,7 +7,7 @@ runs `worldpm.train.run` once per stage with `deepspeed=<stage> output_dir=<out_
 import sys
 
 from worldpm.config import compose
-from worldpm.train import run
+from worldpm.train.recipe import run
 
 if __name__ == "__main__":
     root, stages, overrides = sys.argv[1], sys.argv[2].split(","), sys.argv[3:]

@@ -1,6 +1,6 @@
 """Metrics on rewards, independent of the model: per-item accuracy units and BT losses, best-of-K curves, ROC-AUC.
 
-BT loss is `worldpm.bt_loss.bt_losses` (the one BT loss, shared with training). Accuracy counts a tie as wrong, except where a
+BT loss is `worldpm.model.bt_loss.bt_losses` (the one BT loss, shared with training). Accuracy counts a tie as wrong, except where a
 benchmark's official rule says otherwise (RewardBench 2's 1/k share of a k-way tie at the top; see items.py).
 """
 from __future__ import annotations
@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from worldpm.eval.items import Item, group_indices
+from worldpm.model.bt_loss import bt_losses
 
 
 @dataclass
@@ -46,10 +48,6 @@ def pair_rewards(items: Sequence[Item], rewards: Sequence[np.ndarray]) -> tuple[
 
 
 def bt_pair_losses(better: np.ndarray, worse: np.ndarray) -> np.ndarray:
-    import torch
-
-    from worldpm.bt_loss import bt_losses
-
     if len(better) == 0:
         return np.zeros(0)
     return bt_losses(torch.as_tensor(better), torch.as_tensor(worse)).double().numpy()

@@ -4,10 +4,12 @@ curves, the style-control fits; and, for a checkpoint series, `series.md` with t
 from __future__ import annotations
 
 import math
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Mapping
 
 from worldpm.atomic_dir import atomic_path, write_text
+from worldpm.eval.benchmarks.registry import module_for
 from worldpm.eval.categories import order_categories
 
 
@@ -39,13 +41,19 @@ def _flatten(d: Mapping, prefix: str = "") -> list[tuple[str, Any]]:
 
 def headline(bench: str, results: Mapping) -> list[tuple[str, Any]]:
     """The official aggregates worth a line in the report: the benchmark module's HEADLINE patterns."""
-    from fnmatch import fnmatchcase
-
-    from worldpm.eval.benchmarks import module_for
-
     bcfg = (results.get("config") or {}).get("benchmark", {}).get(bench, {})
     patterns = getattr(module_for(bench, bcfg), "HEADLINE", ("*",))
     return [(k, v) for k, v in _flatten(results["benchmarks"][bench]["official"]) if any(fnmatchcase(k, p) for p in patterns)]
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (matplotlib is in the `eval` extra: imported when a plot is drawn)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _save(fig, path: Path) -> None:
@@ -54,10 +62,7 @@ def _save(fig, path: Path) -> None:
 
 
 def category_plot(results: Mapping, category: str, path: Path) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names = results["categories"].get(category, {}).get("subtasks", [])
     rows = [(n, results["benchmarks"][n.split("/")[0]]["subtasks"][n.split("/", 1)[1]]) for n in names]
@@ -84,10 +89,7 @@ def category_plot(results: Mapping, category: str, path: Path) -> Path | None:
 
 
 def best_of_k_plot(ppe_official: Mapping, path: Path) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     sets = {k: v for k, v in ppe_official.items() if isinstance(v, Mapping) and "best_of_k" in v}
     if not sets:
@@ -172,10 +174,7 @@ def write_series_report(series: list[Mapping], out_dir: Path, plots: bool = True
                      + " | ".join(_f((cats.get(c) or {}).get("bt_loss")) for c in names) + " |")
     points = [s for s in series if isinstance(s.get("pairs_seen"), (int, float)) and s["pairs_seen"] > 0]
     if plots and points:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
 
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for i, c in enumerate(names):

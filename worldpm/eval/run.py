@@ -9,45 +9,44 @@ Benchmarks are read once (a bad file fails before any model loads), then per mod
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Mapping
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
 
-from worldpm.config import hydra_entry
+from worldpm.atomic_dir import write_json
 from worldpm.errors import UserError
+from worldpm.eval.benchmarks import registry
+from worldpm.eval.bootstrap import percentile_ci, ratio_replicates, rng_for
+from worldpm.eval.categories import aggregate, category_of
+from worldpm.eval.checkpoints import discover, find_state
+from worldpm.eval.metrics import item_stats
+from worldpm.eval.report import write_report, write_series_report
+from worldpm.eval.results import reward_rows, write_rewards
+from worldpm.eval.scoring import score_items
+from worldpm.eval.style import pair_features, response_features, style_control
+from worldpm.model.loader import describe, load_reward_model, model_source
+from worldpm.model.padding import resolve_max_padding
 
 log = logging.getLogger("worldpm.eval")
 
 
 def load_benchmarks(cfg: DictConfig) -> dict[str, tuple[dict, list]]:
-    from worldpm.eval.benchmarks import load_benchmark
-
     selected = OmegaConf.to_container(cfg.benchmark, resolve=True) if cfg.get("benchmark") else {}
     if not selected:
         raise UserError("no benchmark selected (benchmark=[rewardbench,rmbench,ppe,...])")
-    return {name: (bcfg, load_benchmark(name, bcfg, int(cfg.seed))) for name, bcfg in selected.items()}
+    return {name: (bcfg, registry.load_benchmark(name, bcfg, int(cfg.seed))) for name, bcfg in selected.items()}
 
 
 def evaluate_model(model, benchmarks: Mapping[str, tuple[dict, list]], cfg: DictConfig, out_dir: str | Path,
                    model_label: str, checkpoint_state: Mapping | None = None) -> dict:
     """Score every benchmark with `model` and write out_dir/{rewards.parquet, plots/, report.md, results.json}."""
-    import numpy as np
-
-    from worldpm.atomic_dir import write_json
-    from worldpm.eval import benchmarks as registry
-    from worldpm.eval.bootstrap import percentile_ci, ratio_replicates, rng_for
-    from worldpm.eval.categories import aggregate, category_of
-    from worldpm.eval.metrics import item_stats
-    from worldpm.eval.report import write_report
-    from worldpm.eval.results import reward_rows, write_rewards
-    from worldpm.eval.scoring import score_items
-    from worldpm.eval.style import pair_features, response_features, style_control
-    from worldpm.scorer import resolve_max_padding
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").unlink(missing_ok=True)  # its presence marks a complete evaluation of what lies beside it
@@ -99,17 +98,10 @@ def evaluate_model(model, benchmarks: Mapping[str, tuple[dict, list]], cfg: Dict
 
 
 def load_model(path: str | None, cfg: DictConfig):
-    """The reward checkpoint at `path` (or, without one, the `model` config's model) as eval's config asks for it.
-
-    eval's own meanings, mapped onto scorer.load_model's: `dtype: null` (or auto) is the checkpoint's own dtype (for a model
-    built from its config, the config's `dtype`), not the scorer's device-based `auto`; `device` is used as given
-    (default cpu); `device_map` (e.g. auto, for a model larger than one device such as WorldPM-72B) overrides it.
-    """
-    from worldpm.scorer import CHECKPOINT_DTYPE, load_model as load_scoring_model
-
-    dtype = CHECKPOINT_DTYPE if cfg.dtype is None or str(cfg.dtype) in ("auto", "None") else str(cfg.dtype)
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    return load_scoring_model(model_cfg, path, device=cfg.device, dtype=dtype, device_map=cfg.get("device_map") or None)
+    """The reward checkpoint at `path` (or, without one, the `model` config's model) on eval's device, in its dtype
+    (worldpm.model.loader: the same meanings as score and serve)."""
+    return load_reward_model(OmegaConf.to_container(cfg.model, resolve=True), path, device=cfg.device, dtype=cfg.dtype,
+                             device_map=cfg.get("device_map") or None)
 
 
 def _log_to_file(out_dir: Path) -> logging.Handler:
@@ -121,12 +113,6 @@ def _log_to_file(out_dir: Path) -> logging.Handler:
 
 
 def _evaluate_series(cfg: DictConfig, benchmarks, out: Path) -> list[dict]:
-    from tqdm.auto import tqdm
-
-    from worldpm.atomic_dir import write_json
-    from worldpm.eval.checkpoints import discover
-    from worldpm.eval.report import write_series_report
-
     which = cfg.checkpoints if isinstance(cfg.checkpoints, str) else list(cfg.checkpoints)
     ckpts = discover(cfg.run_dir, which)
     log.info("evaluating %d checkpoints of %s: %s", len(ckpts), cfg.run_dir, ", ".join(c.name for c in ckpts))
@@ -135,8 +121,6 @@ def _evaluate_series(cfg: DictConfig, benchmarks, out: Path) -> list[dict]:
         target = out / ckpt.name
         done = target / "results.json"
         if cfg.series.skip_done and done.exists():
-            import json
-
             previous = json.loads(done.read_text())
             same_benchmarks = (previous.get("config") or {}).get("benchmark") == OmegaConf.to_container(cfg.benchmark, resolve=True)
             if previous.get("checkpoint") == ckpt.state and same_benchmarks:
@@ -173,23 +157,13 @@ def run(cfg: DictConfig):
             benchmarks = load_benchmarks(cfg)
             return _evaluate_series(cfg, benchmarks, out)
         benchmarks = load_benchmarks(cfg)
-        from worldpm.scorer import describe, model_source
-
         model_path = str(cfg.model_path) if cfg.model_path else None
         model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
         model = load_model(model_path, cfg)
         label = model_source(model_path, model_cfg)
         log.info("evaluating %s", describe(model, model_path, model_cfg))
-        from worldpm.eval.checkpoints import find_state
-
         return evaluate_model(model, benchmarks, cfg, out, label, find_state(cfg.model_path))
     finally:
         log.info("eval finished in %.1f s", time.perf_counter() - start)
         logging.getLogger().removeHandler(handler)
         handler.close()
-
-
-main = hydra_entry("eval")(run)
-
-if __name__ == "__main__":
-    main()

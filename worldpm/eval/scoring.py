@@ -14,7 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
-from worldpm.chat_format import encode_conversations
+from tqdm.auto import tqdm
+
 from worldpm.eval.items import Item, conversation
 
 log = logging.getLogger("worldpm.eval")
@@ -33,8 +34,6 @@ class Scored:
 
 def score_items(model, items: Sequence[Item], max_length: int | None = None, max_tokens: int = 16384, desc: str = "",
                 max_batch_size: int = 64, max_padding: float | None = None) -> Scored:
-    from tqdm.auto import tqdm
-
     start = time.perf_counter()
     keys: dict[tuple[str, str], int] = {}
     convs, index = [], []
@@ -48,7 +47,8 @@ def score_items(model, items: Sequence[Item], max_length: int | None = None, max
                 convs.append(conversation(item.prompt, reply))
             idx.append(keys[key])
         index.append(np.asarray(idx, dtype=np.int64))
-    ids, n_truncated = encode_conversations(model.tokenizer, convs, int(max_length or model.spec.max_length), model.spec.system_prompt)
+    ids = model.encode(convs, max_length)
+    n_truncated = ids.truncated
     lengths = np.array([len(s) for s in ids], dtype=np.int64)
     with tqdm(total=int(lengths.sum()), desc=f"scoring {desc}".strip(), unit="tok", unit_scale=True, mininterval=2.0,
               disable=None) as bar:

@@ -1,0 +1,134 @@
+"""The client side of `worldpm serve`: `RemoteScorer` (any server of OpenRLHF's /get_reward protocol, and worldpm's /v1/score)
+and `wait_healthy` for scripts that start a server. Needs httpx, not torch."""
+from __future__ import annotations
+
+import os
+import time
+from typing import Sequence
+
+import httpx
+
+from worldpm.errors import UserError
+from worldpm.serve.scores import Scores
+
+
+class RemoteScorer:
+    """A client of `worldpm serve` (or any server of OpenRLHF's /get_reward protocol, for texts).
+
+    Connection errors, timeouts, 429 and 5xx answers are retried `retries` times, `backoff_s` apart (doubling); a 4xx answer
+    (bad input, bad API key) is not retried and raises a one-line UserError with the server's message. Large inputs are sent
+    in requests of at most `batch_size` items.
+    """
+
+    ENDPOINTS = ("/get_reward", "/v1/score", "/health")
+
+    def __init__(self, url: str, api_key: str | None = None, timeout: float = 180.0, retries: int = 5,
+                 backoff_s: float = 1.0, batch_size: int = 64, transport=None):
+        url = str(url).rstrip("/")
+        for endpoint in self.ENDPOINTS:  # accept the base URL or an endpoint's URL (OpenRLHF's flag names the endpoint)
+            if url.endswith(endpoint):
+                url = url[: -len(endpoint)]
+        if not url.startswith(("http://", "https://")):
+            raise UserError(f"reward server url must start with http:// or https://, got {url!r}")
+        self.url, self.retries, self.backoff_s, self.batch_size = url, int(retries), float(backoff_s), int(batch_size)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(base_url=url, headers=headers, timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)),
+                                    transport=transport)  # an httpx transport of your own: proxies, TLS settings, mocks
+
+    def _post(self, path: str, payload: dict) -> dict:
+        delay, last = self.backoff_s, "no attempt"
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(delay)
+                delay *= 2
+            try:
+                response = self._client.post(path, json=payload)
+            except httpx.TransportError as exc:  # connect errors, timeouts, dropped connections
+                last = f"{type(exc).__name__}: {exc}"
+                continue
+            if response.status_code == 429 or response.status_code >= 500:
+                last = f"HTTP {response.status_code}: {_error_text(response)}"
+                continue
+            if response.status_code >= 400:
+                raise UserError(f"{self.url}{path} refused the request (HTTP {response.status_code}): {_error_text(response)}")
+            return response.json()
+        raise RuntimeError(f"reward server {self.url}{path} gave no answer after {self.retries + 1} tries (last: {last})")
+
+    def _score(self, path: str, key: str, items: list) -> Scores:
+        rewards: list[float] = []
+        raw: list[float] | None = []
+        for start in range(0, len(items), self.batch_size):
+            chunk = items[start:start + self.batch_size]
+            body = self._post(path, {key: chunk})
+            got = body.get("rewards")
+            if not isinstance(got, list) or len(got) != len(chunk):
+                raise RuntimeError(f"{self.url}{path} answered {len(got) if isinstance(got, list) else got!r} rewards "
+                                   f"for {len(chunk)} items")
+            rewards += [float(r) for r in got]
+            chunk_raw = (body.get("extra_logs") or {}).get("raw_reward")
+            raw = raw + [float(r) for r in chunk_raw] if raw is not None and isinstance(chunk_raw, list) else None
+        return Scores(rewards, raw)
+
+    def score_texts(self, texts: Sequence[str]) -> Scores:
+        return self._score("/get_reward", "query", list(texts))
+
+    def score_conversations(self, conversations) -> Scores:
+        return self._score("/v1/score", "conversations", [[dict(m) for m in c] for c in conversations])
+
+    def health(self) -> dict:
+        response = self._client.get("/health")
+        response.raise_for_status()
+        return response.json()
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _error_text(response) -> str:
+    try:
+        body = response.json()
+        return str(body.get("error") or body.get("detail") or body)
+    except ValueError:
+        return response.text[:200]
+
+
+def wait_healthy(url: str, timeout: float = 120.0, proc=None, interval: float = 0.2) -> dict:
+    """Wait until a `worldpm serve` at `url` answers GET /health with 200; its body.
+
+    `proc`: the server's `subprocess.Popen` (or pid): its exit ends the wait with a RuntimeError (with the end of its stderr when
+    that is a pipe). No answer within `timeout` seconds: TimeoutError.
+    """
+    url = str(url).rstrip("/")
+    if url.endswith("/health"):
+        url = url[: -len("/health")]
+    deadline = time.monotonic() + timeout
+    while True:
+        _check_running(proc, url)
+        try:
+            response = httpx.get(f"{url}/health", timeout=2)
+            if response.status_code == 200:
+                try:
+                    return response.json()
+                except ValueError:
+                    return {}
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url}/health gave no answer within {timeout:g} s")
+        time.sleep(interval)
+
+
+def _check_running(proc, url: str) -> None:
+    if proc is None:
+        return
+    if isinstance(proc, int):
+        try:
+            os.kill(proc, 0)
+        except ProcessLookupError:
+            raise RuntimeError(f"the server for {url} (pid {proc}) exited before it answered /health") from None
+        return
+    if proc.poll() is not None:
+        err = proc.communicate()[1] if proc.stderr is not None else ""
+        err = err.decode(errors="replace") if isinstance(err, bytes) else err or ""
+        raise RuntimeError(f"the server for {url} exited with status {proc.returncode} before it answered /health: "
+                           f"{err[-2000:]}")
