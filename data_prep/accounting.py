@@ -2,17 +2,25 @@
 
 A block (a reader, a filter, the pairing, a dedup step) calls `stats.add(block, outcome, n)`; outcomes other than the block's kept
 outcome are drop reasons. Stats from parallel tasks are merged by summing, and the samples are merged in a fixed order, so the
-result does not depend on how many workers ran or in which order they finished.
+result does not depend on how many workers ran or in which order they finished. `account` turns the counts into stats.json, with
+the identities that say every input row is accounted for.
 """
 from __future__ import annotations
 
 import json
 from collections import defaultdict
 
+# outcomes of the `rows.<table>` sections that keep the row (the rest, but `read`, are drop reasons)
+KEPT_ROWS = {"question", "answer", "user", "vote", "submission", "comment"}
+
+
+def _outcomes() -> defaultdict:
+    return defaultdict(int)
+
 
 class Stats:
     def __init__(self, max_rejects_per_reason: int = 20):
-        self.counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.counts: dict[str, dict[str, int]] = defaultdict(_outcomes)  # a named factory: a block holding a Stats pickles
         self.rejects: dict[tuple[str, str], list[dict]] = defaultdict(list)
         self.max_rejects = max_rejects_per_reason
 
@@ -63,3 +71,48 @@ class Stats:
 
     def as_dict(self) -> dict:
         return {block: dict(sorted(outcomes.items())) for block, outcomes in sorted(self.counts.items())}
+
+
+def account(stats: Stats, source: str) -> dict:
+    """stats.json: every count by block, and the identities that say every input row is accounted for."""
+    c = stats.as_dict()
+    out: dict = {"rows": {}}
+    identities = {}
+    for block, outcomes in c.items():
+        if not block.startswith("rows."):
+            continue
+        table = block[5:]
+        kept = {k: v for k, v in outcomes.items() if k in KEPT_ROWS}
+        dropped = {k: v for k, v in outcomes.items() if k not in KEPT_ROWS and k != "read"}
+        out["rows"][table] = {"read": outcomes.get("read", 0), **kept, "dropped": dropped}
+        identities[f"rows.{table}: read = kept + dropped"] = outcomes.get("read", 0) == sum(kept.values()) + sum(dropped.values())
+    question_rows, reply_rows = ("Posts", "question"), ("Posts", "answer")
+    if source == "reddit":
+        question_rows, reply_rows = ("submissions", "submission"), ("comments", "comment")
+
+    def section(block, kept_name, total):
+        outcomes = dict(c.get(block, {}))
+        kept = {k: outcomes.pop(k) for k in list(outcomes) if k == kept_name or k.startswith(kept_name + "_")}
+        out[block] = {"total": total, **kept, "dropped": outcomes}
+        identities[f"{block}: total = {kept_name} + dropped"] = total == kept.get(kept_name, 0) + sum(outcomes.values())
+
+    q_total = out["rows"].get(question_rows[0], {}).get(question_rows[1], 0)
+    r_total = out["rows"].get(reply_rows[0], {}).get(reply_rows[1], 0)
+    section("questions", "paired", q_total)
+    section("replies", "usable", r_total)
+    section("pairs", "sampled", c.get("pairs_possible", {}).get("total", 0))
+    paired, sampled = out["questions"].get("paired", 0), out["pairs"].get("sampled", 0)
+    outcomes = dict(c.get("output", {}))
+    train, test = outcomes.pop("train", 0), outcomes.pop("test", 0)
+    out["output"] = {"sampled": sampled, "train": train, "test": test, "dropped": outcomes}
+    identities["output: sampled = train + test + dropped"] = sampled == train + test + sum(outcomes.values())
+    outcomes = dict(c.get("threads_out", {}))
+    written = outcomes.pop("written", 0)
+    per_split = {k: outcomes.pop(k) for k in list(outcomes) if k.startswith("written_")}
+    out["threads_out"] = {"paired": paired, "written": written, **per_split, "dropped": outcomes}
+    identities["threads_out: paired = written + dropped"] = paired == written + sum(outcomes.values())
+    if "contamination" in c:
+        out["contamination"] = c["contamination"]
+    out["identities"] = identities
+    out["all_accounted"] = all(identities.values())
+    return out

@@ -1,6 +1,6 @@
 """Contamination audit: word n-gram overlap between collected prompts/replies and benchmark prompts.
 
-Benchmark files are read in their real formats (see shared/reference/formats.md §3): RewardBench (`prompt`), RM-Bench
+Benchmark files are read in their real formats (docs/eval.md lists them): RewardBench (`prompt`), RM-Bench
 `total_dataset.json` (`prompt`), PPE (`prompt`), RMB (`conversation_input` messages), Offset Bias and EvalBiasBench
 (`instruction`, a dict of lists), HelpSteer2 (`prompt`), UltraFeedback (`instruction`/`prompt`), Skywork / RLHFlow pair sets
 (`chosen` message lists: their user turns); as .json (a list, or a dict of lists), .jsonl, .jsonl.gz or .parquet, or a directory

@@ -17,6 +17,7 @@ from typing import Sequence
 from data_prep.errors import InputError
 
 _HERE = Path(__file__).resolve().parent
+_APPEND_HINT = "To append to your config use +"  # Hydra's second line for an override of a key the config lacks
 _PASS_THROUGH = ("-m", "--multirun", "-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "--shell-completion")
 
 
@@ -61,7 +62,11 @@ def compose(config_name: str, overrides: Sequence[str] = (), error: type[InputEr
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name=f"worldpm_{config_name}"):
             return hydra_compose(config_name=config_name, overrides=group_overrides(overrides))
     except (HydraException, OmegaConfBaseException) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        first = lines[0]
+        if len(lines) > 1 and lines[1].startswith(_APPEND_HINT):  # a key the config does not have: name the override given
+            given = lines[1].removeprefix(_APPEND_HINT)
+            first = f"{given}: no such setting (to add one: +{given})"
         raise error(f"bad override for '{config_name}': {first}") from None
 
 

@@ -2,7 +2,7 @@
 
 Two converters, the field's libraries, chosen with `source.converter`:
 - `html_to_markdown` (default): the Rust-core html-to-markdown package, ~19x faster than markdownify on these bodies (0.148 vs
-  2.81 ms per KB of HTML, `scripts/bench_collect.py`'s convert step), which decides the collector's throughput (README,
+  2.81 ms per KB of HTML, `scripts/bench_collect.py`'s convert step), which decides the collector's throughput (docs/collect.md,
   "Speed and memory");
 - `markdownify`: markdownify on BeautifulSoup/lxml, the converter StackLLaMA's pairs were made with.
 Both keep fenced code blocks with their language (Stack Exchange marks it `lang-xxx` on <pre>, other renderers `language-xxx` on

@@ -4,7 +4,7 @@ Data-size scaling with separate runs per size needs subsets that are nested (the
 run saw) and share one test set, so that losses differ only by how much was learnt. Each subset is a dataset directory
 of its own (train/, test/, stats.json, manifest.json written last), usable as `data.path`:
 
-    python -m data_prep.nested input=data/forum sizes=[1000,10000] output_dir=data/forum-nested
+    python -m data_prep.nested input=data/forum sizes=[1000,10000] output_dir=data/forum-nested   # configs/nested.yaml
     # -> data/forum-nested/n-1000/, data/forum-nested/n-10000/
 
 "First n" is in shard order (part-00000 first), which for source=synthetic is generation order. Keep subsets outside the
@@ -16,19 +16,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Sequence
 
 import pyarrow.parquet as pq
+from omegaconf import DictConfig, OmegaConf
 
+from data_prep.entry import hydra_entry
+from data_prep.errors import InputError
 from data_prep.records import PAIR_SCHEMA, ShardWriter, clear_output_dir, write_json_atomic
 
 # stats.json and manifest.json of nested subsets and of source=synthetic
 JSON_FORMAT = {"indent": 2, "sort_keys": True}
 
 
-class NestedDataError(ValueError):
+class NestedDataError(InputError):
     """Bad input to the subset writer; shown to the user as one line."""
 
 
@@ -113,39 +115,23 @@ def write_nested_subsets(dataset_dir: str | os.PathLike, sizes: Sequence[int], o
     return written
 
 
-def parse_args(argv: Sequence[str], allowed: dict) -> dict:
-    """`key=value` arguments (YAML values, as Hydra reads them) over `allowed` defaults; unknown keys are errors."""
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    values = dict(allowed)
-    for arg in argv:
-        key, sep, _ = arg.partition("=")
-        key = key.lstrip("+").removeprefix("source.")
-        if not sep or key not in allowed:
-            raise NestedDataError(f"unknown argument {arg!r} (expected key=value with key in: {', '.join(allowed)})")
-        try:
-            parsed = OmegaConf.to_container(OmegaConf.from_dotlist([f"{key}={arg.partition('=')[2]}"]))[key]
-        except OmegaConfBaseException as exc:
-            raise NestedDataError(f"cannot parse {arg!r}: {str(exc).splitlines()[0]}") from None
-        values[key] = parsed
-    return values
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    args = list(sys.argv[1:] if argv is None else argv)
+def run(cfg: DictConfig) -> list[Path]:
+    """`python -m data_prep.nested input=DIR sizes=[n,...] output_dir=DIR [overwrite=true]` (configs/nested.yaml): prints each
+    subset directory written."""
+    for key in ("input", "sizes", "output_dir"):
+        if OmegaConf.is_missing(cfg, key) or cfg[key] is None:
+            raise NestedDataError(f"{key} is required (python -m data_prep.nested input=DIR sizes=[n,...] output_dir=DIR)")
+    sizes = OmegaConf.to_container(cfg.sizes) if OmegaConf.is_list(cfg.sizes) else [cfg.sizes]
     try:
-        opts = parse_args(args, {"input": None, "sizes": None, "output_dir": None, "overwrite": False})
-        for key in ("input", "sizes", "output_dir"):
-            if opts[key] is None:
-                raise NestedDataError(f"{key} is required (python -m data_prep.nested input=DIR sizes=[n,...] output_dir=DIR)")
-        sizes = opts["sizes"] if isinstance(opts["sizes"], list) else [opts["sizes"]]
-        for out in write_nested_subsets(opts["input"], sizes, opts["output_dir"], overwrite=bool(opts["overwrite"])):
-            print(out)
-    except (NestedDataError, OSError) as exc:
-        print(f"data_prep.nested: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        raise SystemExit(2)
+        written = write_nested_subsets(str(cfg.input), sizes, str(cfg.output_dir), overwrite=bool(cfg.overwrite))
+    except OSError as exc:  # an unreadable input or unwritable output_dir: the user's to fix, one line
+        raise NestedDataError(str(exc)) from None
+    for out in written:
+        print(out)
+    return written
 
+
+main = hydra_entry("nested")(run)
 
 if __name__ == "__main__":
     main()

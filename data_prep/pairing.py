@@ -2,8 +2,9 @@
 
 Paper default (WorldPM): pairs only between replies of different net score, the higher one chosen, at most
 `max_per_question` pairs per thread drawn with a random generator seeded from the thread itself, so the output is identical across
-runs and worker counts. Options: a minimum score gap, reply length bounds, the StackLLaMA score rule, and the SHP order rule (the
-preferred reply was written no earlier than the other, so its higher score is not just a head start).
+runs and worker counts. Options: a minimum score gap, the StackLLaMA score rule, and the SHP order rule (the preferred reply was
+written no earlier than the other, so its higher score is not just a head start). The reply length bounds are applied before,
+by data_prep.blocks.LengthFilter.
 """
 from __future__ import annotations
 
@@ -67,6 +68,7 @@ class Thread:
     replies: list[Reply]
     meta: dict = field(default_factory=dict)
     position: dict = field(default_factory=dict)   # file and line, for rejects.jsonl
+    flags: set[str] = field(default_factory=set)    # set by the contamination audit in mode flag: "prompt", "replies"
 
 
 # pairs.score_rule: how a reply's evidence becomes the score pairs are made on (effective_score)
@@ -99,27 +101,6 @@ def effective_score(reply: Reply, rule: str) -> float:
     if rule == "stackllama_votes":  # exact upvote counts from Votes.xml (VoteTypeId=2)
         return float(stackllama_score(reply.upvotes or 0, reply.accepted))
     raise ValueError(f"unknown pairs.score_rule={rule!r} (choose {', '.join(SCORE_RULES)})")
-
-
-def usable_replies(thread: Thread, cfg, stats: Stats, block: str = "replies") -> list[Reply]:
-    """Length bounds on the markdown text; each reply is counted as kept or dropped with its reason."""
-    keep = []
-    lo, hi = int(cfg.min_reply_chars or 0), cfg.max_reply_chars
-    trivial_bounds = lo <= 1 and hi is None  # then only an empty text is dropped
-    for r in thread.replies:
-        if trivial_bounds and not r.converted and r.surely_nonempty:
-            keep.append(r)  # kept without converting: its text is made only if it lands in a pair
-            continue
-        n = len(r.text)
-        if n == 0:
-            stats.drop(block, "empty_after_conversion", {**thread.position, "id": r.id})
-        elif n < lo:
-            stats.drop(block, "too_short", {**thread.position, "id": r.id, "chars": n})
-        elif hi is not None and n > int(hi):
-            stats.drop(block, "too_long", {**thread.position, "id": r.id, "chars": n})
-        else:
-            keep.append(r)
-    return keep
 
 
 # what json.dumps(meta, ensure_ascii=False, sort_keys=True) builds on every call, built once

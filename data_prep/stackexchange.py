@@ -2,7 +2,7 @@
 
 The dump is ordered by post id, not by thread, so answers are grouped under their questions in an embedded SQLite store on disk
 (one file per site, in the collect work directory): memory stays bounded whatever the dump size, and the disk needed is about the
-size of the post bodies (measured: 0.6-0.8x the Posts.xml size, see README). Phase 1 (`ingest_site`, one process per site) streams the
+size of the post bodies (measured: 0.6-0.8x the Posts.xml size, see docs/collect.md). Phase 1 (`ingest_site`, one process per site) streams the
 tables into the store; phase 2 (`site_threads`, any number of processes, one id range each) merge-joins questions with their answers
 (and authors, and vote counts) in id order and converts HTML to markdown.
 """

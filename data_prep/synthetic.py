@@ -27,19 +27,25 @@ pairs is the first n pairs of any larger one with the same seed. `nested_sizes` 
 pairs that share the full test split (data_prep.nested). Pure python + pyarrow: no torch, no worldpm.
 
     python -m data_prep.synthetic output_dir=data/synthetic n_pairs=20000 seed=0 nested_sizes=[1000,4000,16000]
+
+(configs/synthetic.yaml: the parameters of configs/source/synthetic.yaml, which `worldpm collect source=synthetic` reads too.)
 """
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
 import random
-import sys
 import time
 from pathlib import Path
 from typing import Sequence
 
-from data_prep.nested import JSON_FORMAT, NestedDataError, parse_args, prepare_output_dir, write_nested_subsets
+from omegaconf import DictConfig, OmegaConf
+
+from data_prep.entry import hydra_entry
+from data_prep.errors import InputError
+from data_prep.nested import JSON_FORMAT, NestedDataError, prepare_output_dir, write_nested_subsets
 from data_prep.records import ShardWriter, pair_id, write_json_atomic
 
 SOURCE = "synthetic"
@@ -62,7 +68,7 @@ DEFAULTS = {"n_pairs": 20000, "test_fraction": 0.1, "seed": 0, "scale": 1.0, "re
             "pairs_per_thread": 2, "nested_sizes": [], "nested_dir": None, "max_rows_per_shard": 50_000}
 
 
-class SyntheticDataError(ValueError):
+class SyntheticDataError(InputError):
     """Bad parameters for the synthetic source; shown to the user as one line."""
 
 
@@ -267,24 +273,29 @@ def _progress(items, total):
     return tqdm(items, total=total, desc="synthetic pairs", unit="pair", disable=None, mininterval=1.0)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """`python -m data_prep.synthetic output_dir=... n_pairs=... [seed=... test_fraction=... nested_sizes=[...] ...]`."""
-    args = list(sys.argv[1:] if argv is None else argv)
+def run(cfg: DictConfig) -> dict:
+    """`python -m data_prep.synthetic output_dir=DIR n_pairs=N [seed=... test_fraction=... nested_sizes=[...] ...]`
+    (configs/synthetic.yaml): writes the dataset and prints its size and Bayes loss."""
+    if OmegaConf.is_missing(cfg, "output_dir") or cfg.output_dir is None:
+        raise SyntheticDataError("output_dir is required (python -m data_prep.synthetic output_dir=DIR n_pairs=N)")
+    options = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in ("name", "output_dir")}
+    unknown = sorted(set(options) - set(inspect.signature(write_synthetic_dataset).parameters))
+    if unknown:
+        raise SyntheticDataError(f"unknown parameter {unknown[0]} (the parameters are in configs/source/synthetic.yaml)")
     try:
-        opts = parse_args(args, {"output_dir": None, "overwrite": False, **DEFAULTS})
-        if opts["output_dir"] is None:
-            raise SyntheticDataError("output_dir is required (python -m data_prep.synthetic output_dir=DIR n_pairs=N)")
-        output_dir = opts.pop("output_dir")
-        manifest = write_synthetic_dataset(output_dir, **opts)
-    except (SyntheticDataError, NestedDataError, OSError) as exc:
-        print(f"data_prep.synthetic: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        raise SystemExit(2)
-    s = manifest["splits"]
-    print(f"wrote {output_dir}: {s['train']['pairs']} train / {s['test']['pairs']} test pairs; Bayes-optimal test BT loss "
-          f"{manifest['bayes_bt_loss']:.4f} (expected over labels {manifest['bayes_bt_loss_expected']:.4f})")
+        manifest = write_synthetic_dataset(str(cfg.output_dir), **options)
+    except OSError as exc:  # an unwritable output_dir: the user's to fix, one line
+        raise SyntheticDataError(str(exc)) from None
+    splits = manifest["splits"]
+    print(f"wrote {cfg.output_dir}: {splits['train']['pairs']} train / {splits['test']['pairs']} test pairs; "
+          f"Bayes-optimal test BT loss {manifest['bayes_bt_loss']:.4f} "
+          f"(expected over labels {manifest['bayes_bt_loss_expected']:.4f})")
     for path in manifest.get("nested", []):
         print(f"nested subset: {path}")
+    return manifest
 
+
+main = hydra_entry("synthetic")(run)
 
 if __name__ == "__main__":
     main()

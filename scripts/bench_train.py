@@ -46,7 +46,7 @@ def prepare(out: Path, data: Path | None, n_pairs: int, max_length: int, seed: i
     import pyarrow.parquet as pq
 
     from data_prep.records import read_pairs, write_pairs
-    from data_prep.synthetic_pairs import generate
+    from tests.synthetic_pairs import generate
     from worldpm.data.pairs import load_split
     from worldpm.model.chat_format import ChatEncoder
     from worldpm.model.tokenizer import cache_dir, load_tokenizer

@@ -14,7 +14,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from data_prep.collect import run, split_of
+from data_prep.blocks import split_of
+from data_prep.collect import run
 from data_prep.entry import compose
 from data_prep.records import PAIR_SCHEMA, check_record, read_pairs
 

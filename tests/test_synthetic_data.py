@@ -245,7 +245,7 @@ def cli(*args, module="data_prep.synthetic"):
 
 
 def test_cli_and_overwrite(tmp_path):
-    out = cli(f"output_dir={tmp_path / 'd'}", "n_pairs=300", "source.seed=2", "nested_sizes=[50,100]")
+    out = cli(f"output_dir={tmp_path / 'd'}", "n_pairs=300", "seed=2", "nested_sizes=[50,100]")
     assert out.returncode == 0, out.stderr
     assert "Bayes-optimal test BT loss" in out.stdout and (tmp_path / "d-nested" / "n-50" / "manifest.json").is_file()
     again = cli(f"output_dir={tmp_path / 'd'}", "n_pairs=300")

@@ -5,7 +5,7 @@ from collections import Counter
 import pytest
 
 from data_prep.records import COLUMNS, check_record, read_pairs, write_pairs
-from data_prep.synthetic_pairs import generate, write_dataset
+from tests.synthetic_pairs import generate, write_dataset
 from worldpm.errors import UserError
 from worldpm.data.pairs import PairTable, load_split
 from worldpm.data.stream import PairStream, sources

@@ -14,7 +14,7 @@ TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 
 
 def make_data(directory: Path, train_pairs=400, test_pairs=100, seed=0, lengths="short") -> Path:
-    from data_prep.synthetic_pairs import write_dataset
+    from tests.synthetic_pairs import write_dataset
 
     if not (directory / "manifest.json").exists():
         write_dataset(directory, train_pairs, test_pairs, seed=seed, lengths=lengths)

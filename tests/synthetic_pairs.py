@@ -1,4 +1,5 @@
-"""Synthetic forum preference pairs in the real PairRecord format: a learnable dataset for tests, demos and benchmarks.
+"""Synthetic forum preference pairs in the real PairRecord format: a learnable fixture dataset for the training tests and
+scripts/bench_train.py (a test fixture generator, not part of the product: the ground-truth source is data_prep.synthetic).
 
 Threads look like Stack Exchange questions (a title, a blank line, a markdown body) on a handful of sites; each thread has several
 answers and every pair is (higher-voted answer, lower-voted answer), like the real collector's output. The signal is learnable
@@ -8,13 +9,11 @@ with real votes, a few brush-offs are upvoted anyway: `noise`). Answer lengths o
 `lengths="forum"` draws question and answer lengths from long-tailed (log-normal) distributions like real forum posts — most
 short, a few very long — which is what makes padding expensive and packing worth it (scripts/bench_train.py).
 
-    python -m data_prep.synthetic_pairs OUT_DIR --train-pairs 2000 --test-pairs 200 [--lengths forum] [--seed 0]
-
-writes OUT_DIR/train/*.parquet, OUT_DIR/test/*.parquet, stats.json, and manifest.json last. No torch, no worldpm.
+`write_dataset(out_dir, train_pairs, test_pairs)` writes out_dir/train/*.parquet, out_dir/test/*.parquet, stats.json, and
+manifest.json last. No torch, no worldpm.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
@@ -134,22 +133,6 @@ def write_dataset(out_dir: str | Path, train_pairs: int, test_pairs: int, seed: 
     stats = {"source": "synthetic", "lengths": lengths, "seed": seed, "noise": noise, "kept": {k: len(v) for k, v in splits.items()}, "dropped": {}}
     write_json_atomic(out_dir / "stats.json", stats, indent=2)
     write_json_atomic(out_dir / "manifest.json", {"complete": True, "splits": {k: len(v) for k, v in splits.items()},
-                                                  "generator": "data_prep.synthetic_pairs"}, indent=2)  # last: marks it complete
+                                                  "generator": "tests.synthetic_pairs"}, indent=2)  # last: marks it complete
     return out_dir
 
-
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("out_dir")
-    p.add_argument("--train-pairs", type=int, default=2000)
-    p.add_argument("--test-pairs", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lengths", choices=("short", "forum"), default="short")
-    p.add_argument("--noise", type=float, default=0.1)
-    args = p.parse_args(argv)
-    path = write_dataset(args.out_dir, args.train_pairs, args.test_pairs, args.seed, args.lengths, args.noise)
-    print(f"wrote {args.train_pairs} train + {args.test_pairs} test pairs to {path}")
-
-
-if __name__ == "__main__":
-    main()

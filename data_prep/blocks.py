@@ -1,0 +1,406 @@
+"""The blocks of `worldpm collect` (data_prep.pipeline.Block), in job order. Each counts what it keeps and drops; the sections
+it counts into are in its docstring (stats.json adds them up, data_prep.accounting).
+
+  phase 1, one task per input:     SiteReader | RedditFileReader (dump -> row checks -> SQLite store), InputHash
+  phase 2, one task per id range:  ThreadReader -> ContaminationFilter -> LengthFilter -> Pairing -> FlaggedPairs
+                                   -> MinHashSignature -> ThreadPairsWriter
+  phase 3, one process:            ThreadPairsReader -> NearDuplicateFilter -> ExactDedup -> ThreadSplit -> ShardOutput
+
+Phase 2 hands phase 3 one `ThreadPairs` per thread that yields pairs, in files read back in canonical order (site, thread id).
+The readers, the pairing and the indexes are in their own modules (stackexchange, reddit, pairing, near_dedup, contamination);
+the blocks say where each runs and what it counts.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from data_prep.pairing import Thread, make_pairs, thread_seed
+from data_prep.pipeline import Block, task_progress
+from data_prep.records import ShardWriter
+
+
+@dataclass
+class ThreadPairs:
+    """One thread's sampled pairs, from the pairing to the shards."""
+
+    source: str
+    domain: str
+    thread_id: str
+    prompt: str
+    rows: list[dict]                                   # PairRecord rows
+    flags: set[str] = field(default_factory=set)       # the thread's contamination flags (mode flag): "prompt", "replies"
+    flagged: list[str] = field(default_factory=list)   # ids of the pairs that hold a flagged prompt or reply
+    sig: bytes | None = None                           # MinHash of the prompt (dedup.near)
+    split: str | None = None                           # train or test (phase 3)
+
+
+# ------------------------------------------------------------------------------------------------------------------ phase 1
+class SiteReader(Block):
+    """A Stack Exchange site's tables (Posts, and Users and Votes when read) -> row checks -> its store. Counts `rows.<table>`
+    (read, kept, dropped by reason) and, for answers whose question is missing, `replies`."""
+
+    name = "read site"
+
+    def __init__(self, site, db: str, cfg):
+        super().__init__()
+        self.site, self.db, self.cfg = site, db, cfg
+        self.result: dict = {}
+
+    def __call__(self, items=()):
+        from data_prep import stackexchange
+
+        progress = task_progress()
+        self.result = stackexchange.ingest_site(self.site, Path(self.db), self.cfg, self.stats, progress)
+        progress.flush()
+        yield from ()
+
+
+class RedditFileReader(Block):
+    """One RS_ (submissions) or RC_ (comments) file -> row checks -> its store. Counts `rows.submissions` or `rows.comments`."""
+
+    name = "read file"
+
+    def __init__(self, path: str, kind: str, db: str, cfg):
+        super().__init__()
+        self.path, self.kind, self.db, self.cfg = path, kind, db, cfg
+        self.result: dict = {}
+
+    def __call__(self, items=()):
+        from data_prep import reddit
+
+        progress = task_progress()
+        self.result = reddit.ingest_file(Path(self.path), self.kind, Path(self.db), self.cfg, self.stats, progress)
+        progress.flush()
+        yield from ()
+
+
+class InputHash(Block):
+    """The sha256 of an input file, for manifest.json. Counts nothing."""
+
+    name = "hash input"
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+        self.result: dict = {}
+
+    def __call__(self, items=()):
+        from data_prep.inputs import sha256_file
+
+        path = Path(self.path)
+        self.result = {"path": str(path), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+        yield from ()
+
+
+# ------------------------------------------------------------------------------------------------------------------ phase 2
+class ThreadReader(Block):
+    """The threads of one id range of a store, in id order: a question (post) with its replies, HTML converted to markdown on
+    first use. Counts in `questions` the threads it drops before pairing (closed, no answers, ...) and in `replies` their
+    replies and the replies it drops (community wiki, post author, ...)."""
+
+    name = "threads"
+
+    def __init__(self, source: str, db: str, lo: int, hi: int, cfg, site: str | None = None, label: str | None = None):
+        super().__init__()
+        self.source, self.db, self.lo, self.hi, self.cfg, self.site, self.label = source, db, lo, hi, cfg, site, label
+        self.threads = 0
+
+    def __call__(self, items=()):
+        from data_prep import reddit, stackexchange
+
+        progress = task_progress()
+        if self.source == "stackexchange":
+            threads = stackexchange.site_threads(self.site, Path(self.db), self.label, self.lo, self.hi, self.cfg, self.stats)
+        else:
+            threads = reddit.reddit_threads(Path(self.db), self.lo, self.hi, self.cfg, self.stats)
+        for thread in threads:
+            self.threads += 1
+            yield thread
+            progress(0, 1)
+        progress.flush()
+
+
+class ContaminationFilter(Block):
+    """Prompts and replies that share a word n-gram with a benchmark prompt: dropped (mode drop: the thread in `questions`, its
+    replies in `replies` as question_dropped; a reply in `replies`), or marked in the pair meta and in `Thread.flags` (mode
+    flag). Off without benchmarks."""
+
+    name = "contamination audit"
+
+    def __init__(self, index, mode: str, check_replies: bool):
+        super().__init__()
+        self.index, self.mode, self.check_replies = index, mode, check_replies
+        self.enabled = bool(index)
+
+    def process(self, thread: Thread) -> Thread | None:
+        if self.index.overlaps(thread.prompt):
+            if self.mode == "drop":
+                self.stats.drop("questions", "contaminated_prompt", thread.position)
+                self.stats.add("replies", "question_dropped", len(thread.replies))
+                return None
+            thread.meta["contaminated_prompt"] = True
+            thread.flags.add("prompt")
+        if self.check_replies:
+            kept = []
+            for reply in thread.replies:
+                if self.index.overlaps(reply.text):
+                    if self.mode == "drop":
+                        self.stats.drop("replies", "contaminated", {**thread.position, "id": reply.id})
+                        continue
+                    reply.meta["contaminated"] = True
+                    thread.flags.add("replies")
+                kept.append(reply)
+            thread.replies = kept
+        return thread
+
+
+class LengthFilter(Block):
+    """Replies outside the length bounds (pairs.min_reply_chars, pairs.max_reply_chars, in characters of markdown; an empty
+    one always): dropped in `replies` with the reason, the rest counted there as usable."""
+
+    name = "length bounds"
+
+    def __init__(self, min_chars: int | None, max_chars: int | None):
+        super().__init__()
+        self.lo, self.hi = int(min_chars or 0), (None if max_chars is None else int(max_chars))
+        self.trivial = self.lo <= 1 and self.hi is None  # then only an empty text is dropped
+
+    def process(self, thread: Thread) -> Thread:
+        keep = []
+        for r in thread.replies:
+            if self.trivial and not r.converted and r.surely_nonempty:
+                keep.append(r)  # kept without converting: its text is made only if it lands in a pair
+                continue
+            n = len(r.text)
+            if n == 0:
+                self.stats.drop("replies", "empty_after_conversion", {**thread.position, "id": r.id})
+            elif n < self.lo:
+                self.stats.drop("replies", "too_short", {**thread.position, "id": r.id, "chars": n})
+            elif self.hi is not None and n > self.hi:
+                self.stats.drop("replies", "too_long", {**thread.position, "id": r.id, "chars": n})
+            else:
+                keep.append(r)
+        self.stats.add("replies", "usable", len(keep))
+        thread.replies = keep
+        return thread
+
+
+class Pairing(Block):
+    """A thread's usable replies -> pairs (data_prep.pairing.make_pairs: score rule, gap, order rule, at most
+    pairs.max_per_question drawn with a generator seeded from the thread). Counts every reply pair in `pairs_possible` and
+    under one outcome in `pairs`, and the thread in `questions` as paired or dropped (too few usable replies, no pair passes)."""
+
+    name = "pairing"
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+
+    def process(self, thread: Thread) -> ThreadPairs | None:
+        n = len(thread.replies)
+        self.stats.add("pairs_possible", "total", n * (n - 1) // 2)
+        if n < 2:
+            self.stats.drop("questions", "fewer_than_2_usable_replies", thread.position)
+            return None
+        rows = make_pairs(thread, thread.replies, self.cfg, self.stats)
+        if not rows:
+            self.stats.drop("questions", "no_pair_after_rules", thread.position)
+            return None
+        self.stats.add("questions", "paired")
+        return ThreadPairs(thread.source, thread.domain, thread.thread_id, thread.prompt, rows, thread.flags)
+
+
+class FlaggedPairs(Block):
+    """Contamination mode flag: which sampled pairs hold a flagged prompt or reply (`contamination`: flagged_pairs_sampled;
+    ShardOutput counts them per split)."""
+
+    name = "flagged pairs"
+
+    def __init__(self, enabled: bool):
+        super().__init__()
+        self.enabled = enabled
+
+    def process(self, rec: ThreadPairs) -> ThreadPairs:
+        if "prompt" in rec.flags:
+            rec.flagged = [r["id"] for r in rec.rows]
+        elif rec.flags:  # some replies flagged: which pairs hold one is in the meta just written (rare: parsed only here)
+            for r in rec.rows:
+                meta = json.loads(r["meta"])
+                if meta["chosen"].get("contaminated") or meta["rejected"].get("contaminated"):
+                    rec.flagged.append(r["id"])
+        self.stats.add("contamination", "flagged_pairs_sampled", len(rec.flagged))
+        return rec
+
+
+class MinHashSignature(Block):
+    """The MinHash of the prompt's word shingles, for NearDuplicateFilter (on with dedup.near.enabled). Counts nothing."""
+
+    name = "MinHash"
+
+    def __init__(self, enabled: bool, num_perm: int, shingle_words: int):
+        super().__init__()
+        self.enabled, self.num_perm, self.shingle_words = enabled, int(num_perm), int(shingle_words)
+
+    def process(self, rec: ThreadPairs) -> ThreadPairs:
+        from data_prep.near_dedup import signature
+
+        rec.sig = signature(rec.prompt, self.num_perm, self.shingle_words)
+        return rec
+
+
+class ThreadPairsWriter(Block):
+    """Phase 2's output: its ThreadPairs, pickled into one zstd file per task (read back in order by ThreadPairsReader)."""
+
+    name = "pairs file"
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.path, self.written = path, 0
+
+    def __call__(self, items):
+        import zstandard
+
+        with open(self.path, "wb") as raw, zstandard.ZstdCompressor(level=1).stream_writer(raw) as out:
+            for rec in items:
+                pickle.dump(rec, out, protocol=pickle.HIGHEST_PROTOCOL)
+                self.written += 1
+        yield from ()
+
+
+# ------------------------------------------------------------------------------------------------------------------ phase 3
+class ThreadPairsReader(Block):
+    """Phase 2's files in the order given (canonical: site, thread id). Counts nothing."""
+
+    name = "pairs files"
+
+    def __init__(self, paths: list[str]):
+        super().__init__()
+        self.paths = paths
+
+    def __call__(self, items=()):
+        import zstandard
+
+        progress = task_progress()
+        for path in self.paths:
+            with open(path, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as reader:
+                while True:
+                    try:
+                        rec = pickle.load(reader)
+                    except EOFError:
+                        break
+                    progress(0, 1)
+                    yield rec
+
+
+class NearDuplicateFilter(Block):
+    """A thread whose prompt is a near-duplicate (MinHash LSH, estimated Jaccard >= dedup.near.threshold) of an earlier one is
+    dropped with all its pairs: in `threads_out` and, its pairs, in `output`. The index lives on disk (data_prep.near_dedup)."""
+
+    name = "near-duplicate threads"
+
+    def __init__(self, enabled: bool, path: Path, num_perm: int, threshold: float):
+        super().__init__()
+        self.enabled, self.path, self.num_perm, self.threshold = enabled, path, int(num_perm), float(threshold)
+
+    def __call__(self, items):
+        from data_prep.near_dedup import NearDuplicateIndex
+
+        index = NearDuplicateIndex(self.path, self.num_perm, self.threshold)
+        try:
+            for rec in items:
+                if index.seen(rec.sig):
+                    self.stats.drop("threads_out", "near_duplicate", {"id": rec.thread_id, "domain": rec.domain})
+                    self.stats.drop("output", "near_duplicate_thread", None, len(rec.rows))
+                    continue
+                yield rec
+        finally:
+            index.close()
+
+
+def pair_key(row: dict) -> bytes:
+    """What makes two pairs the same: the prompt, the chosen and the rejected text."""
+    text = "\x1f".join([m["content"] for m in row["prompt"]] + [row["chosen"], row["rejected"]])
+    return hashlib.sha256(text.encode("utf-8")).digest()[:16]
+
+
+class ExactDedup(Block):
+    """A pair whose (prompt, chosen, rejected) was written before is dropped in `output`; a thread left without pairs is
+    dropped in `threads_out` (on with dedup.exact; the index lives on disk)."""
+
+    name = "exact pair dedup"
+
+    def __init__(self, enabled: bool, path: Path):
+        super().__init__()
+        self.enabled, self.path = enabled, path
+
+    def __call__(self, items):
+        from data_prep.near_dedup import ExactPairIndex
+
+        index = ExactPairIndex(self.path)
+        try:
+            for rec in items:
+                rows = []
+                for row in rec.rows:
+                    if index.seen(pair_key(row)):
+                        self.stats.drop("output", "exact_duplicate", {"id": row["id"], "thread_id": rec.thread_id})
+                    else:
+                        rows.append(row)
+                if not rows:
+                    self.stats.drop("threads_out", "all_pairs_exact_duplicate", {"id": rec.thread_id, "domain": rec.domain})
+                    continue
+                rec.rows = rows
+                yield rec
+        finally:
+            index.close()
+
+
+def split_of(source: str, domain: str, thread_id: str, test_fraction: float, salt: str = "") -> str:
+    """Deterministic thread-hash split: a thread's pairs all land on one side, whatever else is in the run."""
+    return "test" if thread_seed(salt, source, domain, thread_id) / 2**64 < test_fraction else "train"
+
+
+class ThreadSplit(Block):
+    """Train or test by a hash of (split.salt, source, domain, thread id): a thread is never on both sides. Drops nothing."""
+
+    name = "thread split"
+
+    def __init__(self, test_fraction: float, salt: str):
+        super().__init__()
+        self.test_fraction, self.salt = float(test_fraction), str(salt)
+
+    def process(self, rec: ThreadPairs) -> ThreadPairs:
+        rec.split = split_of(rec.source, rec.domain, rec.thread_id, self.test_fraction, self.salt)
+        return rec
+
+
+class ShardOutput(Block):
+    """train/ and test/ parquet shards (each under its final name only once complete). Counts the pairs written in `output`
+    (train, test), their threads in `threads_out` (written, written_<split>) and the flagged pairs per split in `contamination`.
+    `shards` lists the files, relative to the output directory."""
+
+    name = "shards"
+
+    def __init__(self, out_dir: Path, max_rows_per_shard: int):
+        super().__init__()
+        self.out_dir, self.max_rows = out_dir, int(max_rows_per_shard)
+        self.shards: dict[str, list[str]] = {}
+
+    def __call__(self, items):
+        out, rows = self.out_dir, self.max_rows
+        with ShardWriter(out / "train", rows) as train, ShardWriter(out / "test", rows) as test:
+            writers = {"train": train, "test": test}
+            for rec in items:
+                side = rec.split
+                for row in rec.rows:
+                    writers[side].write(row)
+                    self.stats.add("output", side)
+                    if row["id"] in rec.flagged:
+                        self.stats.add("contamination", f"flagged_pairs_{side}")
+                self.stats.add("threads_out", "written")
+                self.stats.add("threads_out", f"written_{side}")
+        self.shards = {name: [str(p.relative_to(self.out_dir)) for p in w.shards] for name, w in writers.items()}
+        yield from ()
