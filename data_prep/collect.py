@@ -27,7 +27,7 @@ from data_prep.accounting import Stats, account
 from data_prep.blocks import (ContaminationFilter, ExactDedup, FlaggedPairs, InputHash, LengthFilter, MinHashSignature,
                               NearDuplicateFilter, Pairing, RedditFileReader, ShardOutput, SiteReader, ThreadPairsReader,
                               ThreadPairsWriter, ThreadReader, ThreadSplit)
-from data_prep.entry import hydra_entry
+from data_prep.entry import check, hydra_entry
 from data_prep.errors import CollectError
 from data_prep.pipeline import Block, describe, run_blocks, run_phase, shared
 from data_prep.records import clear_output_dir, write_json_atomic, write_jsonl_atomic
@@ -37,7 +37,6 @@ log = logging.getLogger("worldpm.collect")
 OUTPUT_NAMES = ("train", "test", "stats.json", "rejects.jsonl", "manifest.json", ".work")
 # stats.json and manifest.json; rejects.jsonl has the same but one sample per line
 JSON_FORMAT = {"indent": 2, "ensure_ascii": False, "default": str}
-SOURCES = ("stackexchange", "reddit")
 
 
 # ------------------------------------------------------------------------------------------------------------------ tasks
@@ -107,45 +106,6 @@ def _id_ranges(source: str, stores: list[dict], partitions: int, work: Path,
 
 
 # ------------------------------------------------------------------------------------------------------------------ driver
-def _validate(cfg: DictConfig) -> None:
-    from data_prep.html_markdown import CONVERTERS
-    from data_prep.pairing import SCORE_RULES
-
-    if cfg.source.name not in SOURCES:
-        raise CollectError(f"source={cfg.source.name} is not a forum source (choose from {', '.join(SOURCES)})")
-    if not OmegaConf.is_missing(cfg, "output_dir") and not str(cfg.output_dir).strip():
-        raise CollectError("output_dir is empty")
-    if OmegaConf.is_missing(cfg.source, "path"):
-        raise CollectError("source.path is required (a site .7z, a directory of them, an extracted site or a Posts.xml; "
-                           "for reddit, RS_/RC_ .zst files or a directory of them)")
-    if OmegaConf.is_missing(cfg, "output_dir"):
-        raise CollectError("output_dir is required")
-    checks = [
-        (isinstance(cfg.workers, int) and cfg.workers >= 1, f"workers={cfg.workers} must be an integer >= 1"),
-        (isinstance(cfg.partitions, int) and cfg.partitions >= 1, f"partitions={cfg.partitions} must be an integer >= 1"),
-        (cfg.pairs.max_per_question is None or (isinstance(cfg.pairs.max_per_question, int) and cfg.pairs.max_per_question >= 1),
-         f"pairs.max_per_question={cfg.pairs.max_per_question} must be an integer >= 1 or null"),
-        (isinstance(cfg.split.test_fraction, (int, float)) and 0 <= cfg.split.test_fraction <= 1,
-         f"split.test_fraction={cfg.split.test_fraction} must be between 0 and 1"),
-        (cfg.pairs.score_rule in SCORE_RULES, f"pairs.score_rule={cfg.pairs.score_rule} (choose {', '.join(SCORE_RULES)})"),
-        (isinstance(cfg.pairs.min_score_gap, (int, float)) and cfg.pairs.min_score_gap > 0,
-         f"pairs.min_score_gap={cfg.pairs.min_score_gap} must be > 0"),
-        (cfg.contamination.mode in ("drop", "flag"), f"contamination.mode={cfg.contamination.mode} (choose drop or flag)"),
-        (cfg.pairs.order_rule in (None, "auto", "preferred_not_earlier"),
-         f"pairs.order_rule={cfg.pairs.order_rule} (choose auto, null or preferred_not_earlier)"),
-        (0 < float(cfg.dedup.near.threshold) <= 1, f"dedup.near.threshold={cfg.dedup.near.threshold} must be in (0, 1]"),
-        (isinstance(cfg.output.max_rows_per_shard, int) and cfg.output.max_rows_per_shard >= 1,
-         f"output.max_rows_per_shard={cfg.output.max_rows_per_shard} must be an integer >= 1"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise CollectError(message)
-    if cfg.source.name == "stackexchange" and cfg.source.converter not in CONVERTERS:
-        raise CollectError(f"source.converter={cfg.source.converter} (choose {' or '.join(CONVERTERS)})")
-    if cfg.pairs.score_rule == "stackllama_votes" and cfg.source.name != "stackexchange":
-        raise CollectError("pairs.score_rule=stackllama_votes needs Stack Exchange Votes.xml (source=stackexchange)")
-
-
 def _prepare_output(out_dir: Path, overwrite: bool) -> None:
     """Refuse a completed output unless told to overwrite; clear what an earlier (failed or replaced) run left."""
     if out_dir.exists() and not out_dir.is_dir():
@@ -160,8 +120,6 @@ def run_synthetic(cfg: DictConfig) -> dict:
     from data_prep.nested import NestedDataError
     from data_prep.synthetic import SyntheticDataError, write_synthetic_dataset
 
-    if OmegaConf.is_missing(cfg, "output_dir") or not str(cfg.output_dir).strip():
-        raise CollectError("output_dir is required")
     options = {k: v for k, v in OmegaConf.to_container(cfg.source, resolve=True).items() if k not in ("name", "path")}
     try:
         manifest = write_synthetic_dataset(str(cfg.output_dir), test_fraction=float(cfg.split.test_fraction),
@@ -209,17 +167,34 @@ def _block_configs(cfg: DictConfig) -> tuple[SimpleNamespace, SimpleNamespace]:
 
 def run(cfg: DictConfig) -> dict:
     t_start = time.perf_counter()
+    cfg = check("collect", cfg, CollectError)  # types, ranges and paths: one line, before any work
     if cfg.source.name == "synthetic":
         return run_synthetic(cfg)
-    _validate(cfg)
     from data_prep.contamination import NgramIndex
 
-    source, out_dir = cfg.source.name, Path(str(cfg.output_dir))
+    out_dir = Path(str(cfg.output_dir))
     found, input_files = _discover(cfg)
     index = NgramIndex.from_files(list(cfg.contamination.benchmarks or []), int(cfg.contamination.ngram),
                                   int(cfg.contamination.min_words))
+    created = not out_dir.exists()
     _prepare_output(out_dir, bool(cfg.overwrite))
     work = _work_dir(cfg, out_dir)
+    try:
+        return _collect(cfg, found, input_files, index, out_dir, work, t_start)
+    except BaseException:  # a failure (or Ctrl-C) leaves no scratch and no shards without a manifest behind
+        if cfg.keep_work:
+            log.warning("collect failed; its scratch stores are kept in %s (keep_work=true); they cannot be resumed from", work)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+        clear_output_dir(out_dir, OUTPUT_NAMES)
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        raise
+
+
+def _collect(cfg: DictConfig, found, input_files: list[str], index, out_dir: Path, work: Path, t_start: float) -> dict:
+    """The three phases (module docstring); returns the manifest, written last."""
+    source = cfg.source.name
     scfg, pcfg = _block_configs(cfg)
     ccfg, near = cfg.contamination, cfg.dedup.near
     workers, max_rejects = int(cfg.workers), int(cfg.rejects.max_per_reason)

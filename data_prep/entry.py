@@ -1,24 +1,30 @@
 """The Hydra entry point of every verb: `run(cfg)` -> a `main()` with one-line user errors.
 
 `worldpm <verb> ...` (the CLI sets sys.argv) and `python -m <module> ...` (what launchers start on every rank) run the same
-`main()`: the overrides are composed once up front so that a bad one is a single line, then Hydra drives the run (sweeps with
-`-m`, launchers such as submitit). An `InputError` (data_prep's `CollectError`, worldpm's `UserError`) anywhere in the run
-becomes `worldpm <verb>: error: <one line>` and exit status 2. It lives in data_prep because data_prep imports nothing from
-worldpm; worldpm.config re-exports it.
+`main()`: the overrides are composed and checked against the verb's schema once up front (data_prep/schema.py: types, unknown
+keys, ranges, paths), so that a bad one is a single line before anything is imported or written; then Hydra drives the run
+(sweeps with `-m`, launchers such as submitit) and each job's config is checked again before `run` is called with its typed
+form. `--help` lists the verb's keys with types, defaults and meanings. An `InputError` (data_prep's `CollectError`, worldpm's
+`UserError`) anywhere in the run becomes `worldpm <verb>: error: <one line>` and exit status 2. It lives in data_prep because
+data_prep imports nothing from worldpm; worldpm.config re-exports it.
 """
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib.util
 import sys
 from pathlib import Path
 from typing import Sequence
 
+from data_prep import config_schemas  # noqa: F401 (registers the schemas of collect, nested and synthetic)
+from data_prep import schema
 from data_prep.errors import InputError
 
 _HERE = Path(__file__).resolve().parent
 _APPEND_HINT = "To append to your config use +"  # Hydra's second line for an override of a key the config lacks
-_PASS_THROUGH = ("-m", "--multirun", "-h", "--help", "--hydra-help", "-c", "--cfg", "-i", "--info", "--shell-completion")
+_PASS_THROUGH = ("-m", "--multirun", "--hydra-help", "-c", "--cfg", "-i", "--info", "--shell-completion")
+_HELP = ("-h", "--help")
 
 
 def config_dir() -> Path:
@@ -50,8 +56,9 @@ def group_overrides(overrides: Sequence[str]) -> list[str]:
     return out
 
 
-def compose(config_name: str, overrides: Sequence[str] = (), error: type[InputError] = InputError):
-    """Compose `configs/<config_name>.yaml` with overrides; a bad override becomes a one-line `error`."""
+def compose(config_name: str, overrides: Sequence[str] = (), error: type[InputError] = InputError, with_hydra: bool = False):
+    """Compose `configs/<config_name>.yaml` with overrides; a bad override becomes a one-line `error`. The result is not yet
+    checked against the verb's schema (`check`): tests and tools compose configs with placeholder paths."""
     from hydra import compose as hydra_compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
@@ -60,14 +67,32 @@ def compose(config_name: str, overrides: Sequence[str] = (), error: type[InputEr
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name=f"worldpm_{config_name}"):
-            return hydra_compose(config_name=config_name, overrides=group_overrides(overrides))
+            return hydra_compose(config_name=config_name, overrides=group_overrides(overrides), return_hydra_config=with_hydra)
     except (HydraException, OmegaConfBaseException) as exc:
         lines = str(exc).strip().splitlines() or [type(exc).__name__]
         first = lines[0]
         if len(lines) > 1 and lines[1].startswith(_APPEND_HINT):  # a key the config does not have: name the override given
             given = lines[1].removeprefix(_APPEND_HINT)
-            first = f"{given}: no such setting (to add one: +{given})"
+            key = given.partition("=")[0]
+            close = difflib.get_close_matches(key, schema.known_keys(config_name), n=1, cutoff=0.75)
+            first = f"{given}: no such setting" + (f" (did you mean {close[0]}?)" if close else "")
         raise error(f"bad override for '{config_name}': {first}") from None
+
+
+def check(config_name: str, cfg, error: type[InputError] = InputError):
+    """`cfg` checked against the verb's schema and rules (data_prep/schema.py), returned typed; one-line `error` otherwise."""
+    return schema.check(config_name, cfg, error)
+
+
+def print_help(config_name: str, overrides: Sequence[str]) -> None:
+    """`worldpm <verb> --help`: the verb's keys (as composed with `overrides`) with types, defaults and meanings."""
+    from omegaconf import OmegaConf, open_dict
+
+    cfg = compose(config_name, overrides, with_hydra=True)
+    choices = OmegaConf.to_container(cfg.hydra.runtime.choices)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    print(schema.help_text(config_name, cfg, config_dir(), choices))
 
 
 def hydra_entry(config_name: str):
@@ -77,16 +102,20 @@ def hydra_entry(config_name: str):
         @functools.wraps(run)
         def guarded(cfg):
             try:
-                return run(cfg)
+                return run(check(config_name, cfg))  # every job of a sweep is checked before its run starts
             except InputError as exc:
                 fail(config_name, str(exc))
 
         def main() -> None:
             sys.argv[1:] = group_overrides(sys.argv[1:])
             args = sys.argv[1:]
+            own = [a for a in args if not a.startswith(("hydra.", "+hydra.", "hydra/", "~hydra"))]
             try:
+                if any(a in _HELP for a in args):
+                    print_help(config_name, [a for a in own if a not in _HELP])
+                    return
                 if not any(a in _PASS_THROUGH or a.startswith(("--cfg", "--info", "--config-")) for a in args):
-                    compose(config_name, [a for a in args if not a.startswith(("hydra.", "+hydra.", "hydra/", "~hydra"))])
+                    check(config_name, compose(config_name, own))
                 path = config_dir()
             except InputError as exc:
                 fail(config_name, str(exc))

@@ -22,7 +22,7 @@ from typing import Sequence
 import pyarrow.parquet as pq
 from omegaconf import DictConfig, OmegaConf
 
-from data_prep.entry import hydra_entry
+from data_prep.entry import check, hydra_entry
 from data_prep.errors import InputError
 from data_prep.records import PAIR_SCHEMA, ShardWriter, clear_output_dir, write_json_atomic
 
@@ -118,9 +118,7 @@ def write_nested_subsets(dataset_dir: str | os.PathLike, sizes: Sequence[int], o
 def run(cfg: DictConfig) -> list[Path]:
     """`python -m data_prep.nested input=DIR sizes=[n,...] output_dir=DIR [overwrite=true]` (configs/nested.yaml): prints each
     subset directory written."""
-    for key in ("input", "sizes", "output_dir"):
-        if OmegaConf.is_missing(cfg, key) or cfg[key] is None:
-            raise NestedDataError(f"{key} is required (python -m data_prep.nested input=DIR sizes=[n,...] output_dir=DIR)")
+    cfg = check("nested", cfg, NestedDataError)  # types and paths: one line, before any work
     sizes = OmegaConf.to_container(cfg.sizes) if OmegaConf.is_list(cfg.sizes) else [cfg.sizes]
     try:
         written = write_nested_subsets(str(cfg.input), sizes, str(cfg.output_dir), overwrite=bool(cfg.overwrite))

@@ -176,6 +176,17 @@ def clear_output_dir(out: str | os.PathLike, names: Iterable[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def dataset_problem(path: str | os.PathLike, split: str = "train") -> str | None:
+    """What keeps `path` from being a PairRecord dataset with `split` shards, as the end of a sentence naming it; None if
+    nothing does."""
+    directory = Path(str(path)).expanduser()
+    if not directory.is_dir():
+        return "does not exist or is not a directory"
+    if not any((directory / split).glob("*.parquet")):
+        return f"has no {split}/*.parquet shards (expected a `worldpm collect` output directory)"
+    return None
+
+
 def read_pairs(directory: str | os.PathLike) -> pa.Table:
     """All shards of one split directory as one table (small sets; training streams through `datasets`)."""
     files = sorted(Path(directory).glob("*.parquet"))

@@ -32,7 +32,6 @@ pairs that share the full test split (data_prep.nested). Pure python + pyarrow: 
 """
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
@@ -43,7 +42,7 @@ from typing import Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from data_prep.entry import hydra_entry
+from data_prep.entry import check, hydra_entry
 from data_prep.errors import InputError
 from data_prep.nested import JSON_FORMAT, NestedDataError, prepare_output_dir, write_nested_subsets
 from data_prep.records import ShardWriter, pair_id, write_json_atomic
@@ -276,12 +275,8 @@ def _progress(items, total):
 def run(cfg: DictConfig) -> dict:
     """`python -m data_prep.synthetic output_dir=DIR n_pairs=N [seed=... test_fraction=... nested_sizes=[...] ...]`
     (configs/synthetic.yaml): writes the dataset and prints its size and Bayes loss."""
-    if OmegaConf.is_missing(cfg, "output_dir") or cfg.output_dir is None:
-        raise SyntheticDataError("output_dir is required (python -m data_prep.synthetic output_dir=DIR n_pairs=N)")
+    cfg = check("synthetic", cfg, SyntheticDataError)  # types, ranges and paths (configs/synthetic.yaml's schema): one line
     options = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in ("name", "output_dir")}
-    unknown = sorted(set(options) - set(inspect.signature(write_synthetic_dataset).parameters))
-    if unknown:
-        raise SyntheticDataError(f"unknown parameter {unknown[0]} (the parameters are in configs/source/synthetic.yaml)")
     try:
         manifest = write_synthetic_dataset(str(cfg.output_dir), **options)
     except OSError as exc:  # an unwritable output_dir: the user's to fix, one line

@@ -176,3 +176,25 @@ def test_archive_member_names_never_become_paths(tmp_path):
     import json
 
     assert json.loads((out / "stats.json").read_text())["rows"]["Posts"]["read"] == 28
+
+
+def test_a_failed_collect_leaves_no_scratch_and_no_output_behind(tmp_path):
+    """Phase 1 fails on a damaged archive member: the scratch stores (default under output_dir/.work, or a fresh directory
+    inside work_dir) and the output directory it created are gone; with keep_work=true the scratch stays and the log says where."""
+    data = bytearray(SITE_7Z.read_bytes())
+    for i in range(64, 400):  # damage the packed stream: the archive opens, reading its members fails
+        data[i] ^= 0x5A
+    bad = tmp_path / "cooking.stackexchange.com.7z"
+    bad.write_bytes(bytes(data))
+    result = cli(f"source.path={bad}", f"output_dir={tmp_path / 'o'}")
+    assert_one_line_failure(result, tmp_path / "o", str(bad))
+    assert not (tmp_path / "o").exists()
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (scratch / "mine.txt").write_text("a user's file")
+    result = cli(f"source.path={bad}", f"output_dir={tmp_path / 'o2'}", f"work_dir={scratch}")
+    assert_one_line_failure(result, tmp_path / "o2", str(bad))
+    assert sorted(p.name for p in scratch.iterdir()) == ["mine.txt"] and not (tmp_path / "o2").exists()
+    result = cli(f"source.path={bad}", f"output_dir={tmp_path / 'o3'}", f"work_dir={scratch}", "keep_work=true")
+    kept = [p for p in scratch.iterdir() if p.name.startswith("worldpm-collect-")]
+    assert result.returncode == 2 and len(kept) == 1 and f"kept in {kept[0]}" in result.stderr

@@ -29,12 +29,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from worldpm.config.schemas import ATTENTION, LAYOUTS
 from worldpm.model.attention import (VARLEN_IMPLEMENTATION, additive, flash_attention_available, register_varlen_attention,
                                      segment_mask)
 from worldpm.model.padding import pad_batch
 
-LAYOUTS = ("packed", "shared_prompt", "padded")
-ATTENTION = ("auto", "varlen", "block_mask")
 
 
 @dataclass(frozen=True)

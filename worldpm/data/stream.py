@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
+from data_prep.records import dataset_problem
 from worldpm.errors import UserError
 
 
@@ -36,10 +37,9 @@ def sources(data_cfg) -> list[Source]:
     for e in entries:
         path = Path(str(e["path"])).expanduser()
         key = "data.path" if e["name"] == "main" else f"data.mix ({e['name']})"
-        if not path.is_dir():
-            raise UserError(f"{key}={e['path']} does not exist or is not a directory")
-        if not sorted((path / "train").glob("*.parquet")):
-            raise UserError(f"{key}={e['path']} has no train/*.parquet shards (expected a `worldpm collect` output directory)")
+        problem = dataset_problem(path, "train")
+        if problem:
+            raise UserError(f"{key}={e['path']} {problem}")
         try:
             weight = float(e["weight"])
         except (TypeError, ValueError):

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from worldpm.atomic_dir import write_json
+from worldpm.config import check
 from worldpm.errors import UserError
 from worldpm.eval.benchmarks import registry
 from worldpm.eval.bootstrap import percentile_ci, ratio_replicates, rng_for
@@ -143,17 +144,12 @@ def _label(state: Mapping) -> dict:
 
 
 def run(cfg: DictConfig):
-    if not cfg.get("output_dir"):
-        raise UserError("output_dir is required (output_dir=<directory for results.json, rewards.parquet, report.md>)")
+    cfg = check("eval", cfg)  # types, choices, paths and the benchmark selection (worldpm/config/schemas.py): one line
     out = Path(str(cfg.output_dir))
     handler = _log_to_file(out)
     start = time.perf_counter()
     try:
         if cfg.checkpoints is not None:
-            if cfg.model_path:
-                raise UserError("give either model_path=... or checkpoints=... with run_dir=..., not both")
-            if not cfg.run_dir:
-                raise UserError("checkpoints=... needs run_dir=<a training output_dir>")
             benchmarks = load_benchmarks(cfg)
             return _evaluate_series(cfg, benchmarks, out)
         benchmarks = load_benchmarks(cfg)

@@ -32,11 +32,10 @@ from transformers import AutoConfig, AutoModel
 from transformers.utils import logging as hf_logging
 
 from worldpm.atomic_dir import replace_dir
+from worldpm.config.schemas import HEADS, READOUTS
 from worldpm.errors import UserError
 from worldpm.model.chat_format import PAD_TOKEN, REWARD_TOKEN
 
-HEADS = ("mlp", "linear")
-READOUTS = ("reward_token", "before_reward_token")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
 

@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from worldpm.atomic_dir import write_json
+from worldpm.config import check
 from worldpm.errors import UserError
 from worldpm.model.bt_loss import bt_losses
 from worldpm.model.chat_format import check_conversation
@@ -199,12 +200,8 @@ class RewardsWriter:
 
 # ---------------------------------------------------------------------- scoring
 def run(cfg: DictConfig) -> dict:
+    cfg = check("score", cfg)  # types, ranges, the input path and the output's name (worldpm/config/schemas.py): one line
     source = Source(cfg.input, split=str(cfg.split))
-    for key in ("max_tokens_per_batch", "max_batch_size", "chunk_size"):
-        if not isinstance(cfg[key], int) or cfg[key] < 1:
-            raise UserError(f"{key} must be a positive integer, got {cfg[key]!r}")
-    if cfg.output:
-        output_format(cfg.output)  # a bad name fails before the model loads
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     model = load_reward_model(model_cfg, cfg.model_path, device=cfg.device, dtype=cfg.dtype)
     max_length = int(cfg.max_length or model.spec.max_length)

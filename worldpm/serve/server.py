@@ -36,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request  # at module level: FastAPI resolves the (string) annotations of the routes here
 
+from worldpm.config import check
 from worldpm.errors import UserError
 from worldpm.model.chat_format import check_conversation
 from worldpm.model.loader import describe, load_reward_model, model_source
@@ -279,10 +280,8 @@ def make_server(app, host: str, port: int, shutdown_timeout_s: float, access_log
 
 
 def run(cfg: DictConfig) -> None:
+    cfg = check("serve", cfg)  # types, ranges (port, limits), the api_key (worldpm/config/schemas.py): one line
     host, port = str(cfg.host), cfg.port
-    if not isinstance(port, int) or not 0 <= port <= 65535:
-        raise UserError(f"port must be an integer in 0..65535, got {port!r}")
-    check_api_key(cfg.api_key)
     limits = Limits(**OmegaConf.to_container(cfg.limits, resolve=True))
     batching = cfg.batching
     _check_port_free(host, port)

@@ -20,11 +20,11 @@ from typing import Any, Mapping
 import torch
 
 from worldpm.train.distributed import Dist
+from worldpm.config.schemas import SCHEDULES
 from worldpm.errors import UserError
 
 log = logging.getLogger("worldpm.train")
 
-SCHEDULES = ("constant", "cosine", "linear")
 
 
 def lr_lambda(warmup_steps: int, total_steps: int, schedule: str, min_ratio: float):

@@ -24,7 +24,6 @@ from worldpm.model.bt_loss import bt_losses
 
 log = logging.getLogger("worldpm.train")
 
-WANDB_MODES = ("online", "offline", "disabled")
 # Summed per step on each rank, then over ranks in the step's one all_reduce (the order of that tensor). STATS come from the
 # rewards and stay on the device (float64) until then; COUNTS are known on the host.
 STATS = ("loss", "objective", "correct", "rc", "rc2", "rr", "rr2", "margin", "nonfinite")
@@ -47,7 +46,7 @@ class MetricsLog:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._truncate_after(resumed_step)
-        mode = str((wandb_cfg or {}).get("mode", "disabled"))  # one of WANDB_MODES: train.validate checked it
+        mode = str((wandb_cfg or {}).get("mode", "disabled"))  # one of WANDB_MODES: the config's schema checked it
         if mode != "disabled":
             self.run = self._start_wandb(output_dir, wandb_cfg, mode, run_config)
 

@@ -12,52 +12,22 @@ from huggingface_hub.serialization import _torch as hub_torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from worldpm.data.packing import ATTENTION, LAYOUTS
-from worldpm.data.stream import sources
+from worldpm.config import check
 from worldpm.errors import UserError
 from worldpm.model.checkpoint import has_reward_head
 from worldpm.model.loader import load_reward_model
 from worldpm.model.reward_model import RewardModel, init_head
 from worldpm.train import checkpointing, distributed
-from worldpm.train.metrics import WANDB_MODES
 
 log = logging.getLogger("worldpm.train")
 
-PRECISIONS = ("fp32", "bf16")
-
-
-def validate(cfg: DictConfig) -> None:
-    """Everything checkable before a process group or a model exists: one-line UserErrors naming the bad key."""
-    tcfg, dcfg = cfg.trainer, cfg.data
-    if not cfg.get("output_dir"):
-        raise UserError("output_dir is not set")
-    sources(dcfg)  # data.path / data.mix exist and hold train shards
-    if tcfg.precision not in PRECISIONS:
-        raise UserError(f"trainer.precision={tcfg.precision!r} is not one of {PRECISIONS}")
-    if dcfg.packing not in LAYOUTS:
-        raise UserError(f"data.packing={dcfg.packing!r} is not one of {LAYOUTS}")
-    if dcfg.attention not in ATTENTION:
-        raise UserError(f"data.attention={dcfg.attention!r} is not one of {ATTENTION}")
-    if str((cfg.get("wandb") or {}).get("mode", "disabled")) not in WANDB_MODES:
-        raise UserError(f"wandb.mode={cfg.wandb.mode!r} is not one of {WANDB_MODES}")
-    for key in ("pairs_per_step", "max_bad_steps", "log_every"):
-        if int(tcfg[key]) < 1:
-            raise UserError(f"trainer.{key}={tcfg[key]} must be >= 1")
-    if tcfg.get("max_steps") is not None and int(tcfg.max_steps) < 0:
-        raise UserError(f"trainer.max_steps={tcfg.max_steps} must be >= 0")
-    if not float(tcfg.lr) > 0:
-        raise UserError(f"trainer.lr={tcfg.lr} must be > 0")
-    world = distributed.expected_world_size()
-    if int(tcfg.pairs_per_step) < world:
-        raise UserError(f"trainer.pairs_per_step={tcfg.pairs_per_step} is smaller than the {world} ranks of this job: "
-                        "every rank needs at least one pair per step")
-    max_length = int(cfg.model.max_length)
-    need = 2 * max_length
-    if int(dcfg.max_tokens_per_micro_batch) < need:
-        raise UserError(f"data.max_tokens_per_micro_batch={dcfg.max_tokens_per_micro_batch} cannot hold one pair: two sequences of "
-                        f"up to model.max_length={max_length} tokens need {need}; raise it or lower model.max_length")
-    if cfg.get("deepspeed") is not None and tcfg.precision == "bf16" and not _bf16_supported():
+def validate(cfg: DictConfig) -> DictConfig:
+    """The config checked against train's schema (worldpm/config/schemas.py: types, ranges, paths, the micro-batch budget,
+    ranks vs pairs per step), then what only this machine can tell; the typed config. One-line UserErrors naming the key."""
+    cfg = check("train", cfg)
+    if cfg.deepspeed is not None and cfg.trainer.precision == "bf16" and not _bf16_supported():
         raise UserError("trainer.precision=bf16 but this machine has no bf16 support; use trainer.precision=fp32")
+    return cfg
 
 
 def _bf16_supported() -> bool:

@@ -48,7 +48,7 @@ log = logging.getLogger("worldpm.train")
 
 
 def run(cfg: DictConfig) -> dict:
-    validate(cfg)
+    cfg = validate(cfg)
     dist = distributed.init(use_deepspeed=cfg.get("deepspeed") is not None, shm_comm=bool(cfg.trainer.shm_comm))
     signals = PreemptionSignals()
     try:

@@ -25,6 +25,7 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from worldpm.atomic_dir import write_text
+from worldpm.config import check
 from worldpm.errors import UserError
 from worldpm.eval.scaling.power_law import fit_power_law, fit_saturating
 from worldpm.eval.scaling.plots import human_count, plot_data_scaling, plot_model_scaling
@@ -280,14 +281,8 @@ def _as_list(value) -> list[str]:
 
 
 def run(cfg: DictConfig) -> dict:
-    for key in ("runs", "output_dir"):
-        if OmegaConf.is_missing(cfg, key) or cfg[key] is None:
-            raise UserError(f"{key} is required (worldpm scaling runs=[dir,...] output_dir=dir)")
+    cfg = check("scaling", cfg)  # types, choices and paths (worldpm/config/schemas.py): one line, before any work
     runs = _as_list(cfg.runs)
-    if not runs:
-        raise UserError("runs: give at least one directory (runs=[dir,...])")
-    if cfg.x not in ("pairs_seen", "tokens_seen", "step"):
-        raise UserError(f"x={cfg.x!r}: choose pairs_seen, tokens_seen or step")
     levels = _as_list(cfg.levels)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
