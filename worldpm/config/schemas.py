@@ -75,6 +75,17 @@ class Benchmark:
     categories: dict[str, Optional[str]] = setting({})
 
 
+@dataclass
+class Scoring:
+    """What eval, score and serve share: the model to load (worldpm.model.loader) and how."""
+
+    model: Model = section(Model)
+    model_path: Optional[str] = setting(path="local_or_hub")
+    device: str = setting()
+    dtype: Optional[str] = setting(choices=(None,) + DTYPE_CHOICES)
+    max_length: Optional[int] = setting(min=8)
+
+
 def check_scoring(cfg: DictConfig) -> None:
     """Keys eval, score and serve share: device, max_padding (auto | null | a fraction)."""
     device = str(cfg.device)
@@ -222,17 +233,12 @@ class Series:
 
 
 @dataclass
-class EvalConfig:
-    model: Model = section(Model)
+class EvalConfig(Scoring):
     benchmark: dict[str, Benchmark] = setting({})
-    model_path: Optional[str] = setting(path="local_or_hub")
     output_dir: str = setting(path="output")
     checkpoints: Any = setting()  # null | all | [step-00000120, final]
     run_dir: Optional[str] = setting(path="dir")
-    device: str = setting()
     device_map: Optional[str] = setting()
-    dtype: Optional[str] = setting(choices=(None,) + DTYPE_CHOICES)
-    max_length: Optional[int] = setting(min=8)
     max_tokens_per_batch: int = setting(min=1)
     max_batch_size: int = setting(min=1)
     max_padding: Any = setting()
@@ -309,15 +315,10 @@ register("scaling", ScalingConfig, check_scaling)
 
 # ---------------------------------------------------------------------------------------------------------------- score
 @dataclass
-class ScoreConfig:
-    model: Model = section(Model)
-    model_path: Optional[str] = setting(path="local_or_hub")
+class ScoreConfig(Scoring):
     input: str = setting(path="exists")
     split: str = setting()
     output: Optional[str] = setting()
-    device: str = setting()
-    dtype: Optional[str] = setting(choices=(None,) + DTYPE_CHOICES)
-    max_length: Optional[int] = setting(min=8)
     max_tokens_per_batch: int = setting(min=1)
     max_batch_size: int = setting(min=1)
     max_padding: Any = setting()
@@ -355,15 +356,10 @@ class Limits:
 
 
 @dataclass
-class ServeConfig:
-    model: Model = section(Model)
-    model_path: Optional[str] = setting(path="local_or_hub")
+class ServeConfig(Scoring):
     host: str = setting()
     port: int = setting(min=0, max=65535)
     api_key: Optional[str] = setting()
-    device: str = setting()
-    dtype: Optional[str] = setting(choices=(None,) + DTYPE_CHOICES)
-    max_length: Optional[int] = setting(min=8)
     normalize: bool = setting()
     clip: Optional[float] = setting(above=0)
     batching: Batching = section(Batching)
