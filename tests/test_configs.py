@@ -5,7 +5,7 @@ from omegaconf import OmegaConf
 from worldpm.config import compose, config_dir
 
 # Published totals of the Qwen2.5 base models (causal LM, as counted by their model cards).
-PUBLISHED = {"qwen2.5-1.5b": 1.54e9, "qwen2.5-7b": 7.61e9, "qwen2.5-72b": 72.7e9}
+PUBLISHED = {"qwen2.5-0.5b": 0.494e9, "qwen2.5-1.5b": 1.54e9, "qwen2.5-7b": 7.61e9, "qwen2.5-72b": 72.7e9}
 
 
 def model_cfg(name):
@@ -31,7 +31,7 @@ def test_large_configs_match_published_parameter_counts_on_meta_device(name):
     total = n_params(lm)
     assert abs(total - PUBLISHED[name]) / PUBLISHED[name] < 0.01, total
     tied = cfg["arch"]["tie_word_embeddings"]
-    assert tied == (name == "qwen2.5-1.5b")
+    assert tied == (name in ("qwen2.5-0.5b", "qwen2.5-1.5b"))  # the small ones tie the embedding and the LM head
     h = cfg["arch"]["hidden_size"]
     for head, head_params in (("mlp", h * h + h + h + 1), ("linear", h)):
         rm = RewardModel.from_config(cfg["arch"], load_tokenizer("tiny"), head=head, device="meta")
@@ -55,7 +55,7 @@ def test_tiny_qwen_uses_the_real_tokenizer_vocabulary():
 
 def test_every_model_config_composes():
     names = sorted(p.stem for p in (config_dir() / "model").glob("*.yaml"))
-    assert {"tiny", "tiny-qwen", "qwen2.5-1.5b", "qwen2.5-7b", "qwen2.5-72b"} <= set(names)
+    assert {"tiny", "tiny-qwen", "qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-7b", "qwen2.5-72b"} <= set(names)
     for name in names:
         cfg = model_cfg(name)
         assert cfg["name"] == name and cfg["head"] in ("mlp", "linear")
