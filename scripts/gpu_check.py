@@ -58,6 +58,7 @@ REQUIREMENTS = [
     ("annotated_types", "annotated-types", ">=0.6", "0.8.0"),
     ("typing_inspection", "typing-inspection", ">=0.4", "0.4.5"),
     ("annotated_doc", "annotated-doc", ">=0.0.2", "0.0.7"),
+    ("opentelemetry", "opentelemetry-api", ">=1.44", "1.45.2"),  # fastapi's telemetry hooks import it
     ("uvicorn", "uvicorn", ">=0.29", "0.54.0"),
     ("httpx", "httpx", ">=0.27", "0.28.1"),
     ("tqdm", "tqdm", ">=4.66", "4.70.1"),
@@ -84,6 +85,21 @@ def missing_requirements() -> list[str]:
             ok = False
         if not ok:
             out.append(f"{dist}=={version}")
+    return out
+
+
+# The modules the check runs: importing them proves the requirements above are complete on this machine.
+ENTRY_MODULES = ("worldpm.train.recipe", "worldpm.serve.server", "worldpm.model.tokenizer", "tests.synthetic_pairs",
+                 "tests.serving", "bench_serve")
+
+
+def import_failures() -> list[str]:
+    out = []
+    for module in ENTRY_MODULES:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # noqa: BLE001 -- reported, one line per module
+            out.append(f"{module} ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})")
     return out
 
 
@@ -266,6 +282,10 @@ def main(argv=None) -> int:
     if lacking:
         print(f"gpu_check: error: missing or unsuitable packages: {' '.join(lacking)} (scripts/gpu_check.sh installs them)",
               file=sys.stderr)
+        return 2
+    broken = import_failures()
+    if broken:
+        print(f"gpu_check: error: cannot import {'; '.join(broken)}", file=sys.stderr)
         return 2
 
     import torch
