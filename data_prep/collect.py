@@ -115,18 +115,50 @@ def _prepare_output(out_dir: Path, overwrite: bool) -> None:
     clear_output_dir(out_dir, OUTPUT_NAMES)  # manifest.json first: from there on the directory is not complete
 
 
+# what source=synthetic reads besides its own source.* keys; every other collect key belongs to the forum pipeline
+SYNTHETIC_READS = ("output_dir", "overwrite", "split.test_fraction")
+
+
+def _leaves(node: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict) and value:
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _check_synthetic_keys(cfg: DictConfig) -> None:
+    """source=synthetic generates its pairs itself, in one process: a collect key it would ignore (pairs.*, dedup.*, workers,
+    ...) set to anything but its default is refused in one line, rather than silently doing nothing."""
+    from data_prep.entry import config_dir
+
+    defaults = OmegaConf.to_container(OmegaConf.load(config_dir() / "collect.yaml"))
+    given = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+    for node in (defaults, given):
+        for key in ("defaults", "hydra", "source"):
+            node.pop(key, None)
+    base = _leaves(defaults)
+    ignored = [f"{key}={value}" for key, value in _leaves(given).items()
+               if key not in SYNTHETIC_READS and (key not in base or value != base[key])]
+    if ignored:
+        hint = " (use source.max_rows_per_shard)" if "output.max_rows_per_shard" in " ".join(ignored) else ""
+        raise CollectError(f"source=synthetic does not read {', '.join(ignored)}{hint}: it generates pairs without the forum "
+                           f"pipeline and reads only {', '.join(SYNTHETIC_READS)} and source.*; leave the others at their defaults")
+
+
 def run_synthetic(cfg: DictConfig) -> dict:
     """source=synthetic: the ground-truth generator (data_prep/synthetic.py) instead of a forum dump, same output layout."""
     from data_prep.nested import NestedDataError
     from data_prep.synthetic import SyntheticDataError, write_synthetic_dataset
 
+    _check_synthetic_keys(cfg)
     options = {k: v for k, v in OmegaConf.to_container(cfg.source, resolve=True).items() if k not in ("name", "path")}
     try:
         manifest = write_synthetic_dataset(str(cfg.output_dir), test_fraction=float(cfg.split.test_fraction),
                                            overwrite=bool(cfg.overwrite), **options)
     except (SyntheticDataError, NestedDataError) as exc:
-        raise CollectError(f"source=synthetic: {exc}") from None
-    except TypeError as exc:  # an unknown source.* key
         raise CollectError(f"source=synthetic: {exc}") from None
     counts = {split: block["n"] for split, block in manifest["bayes"].items()}
     log.info("synthetic: wrote %s (%s pairs); Bayes-optimal test BT loss %.4f", cfg.output_dir, counts, manifest["bayes_bt_loss"])

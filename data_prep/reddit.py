@@ -121,6 +121,22 @@ def ingest_file(path: Path, kind: str, db_path: Path, cfg, stats: Stats, progres
     batch, label, n = [], str(path), 0
     sql = ("INSERT OR IGNORE INTO posts VALUES (?,?,?,?,?,?,?,?,?,?,?,?)" if kind == "submissions"
            else "INSERT OR IGNORE INTO comments VALUES (?,?,?,?,?,?,?,?,?)")
+    table, line_at = ("posts", 2) if kind == "submissions" else ("comments", 3)  # a batch row's line number is at line_at
+
+    def insert() -> None:
+        """Insert the batch. A row whose id this file already had (a repeated line: real dumps have them) is not inserted; it is
+        dropped here as duplicate_id, naming its line, so every line read is kept or dropped with a reason."""
+        before = db.total_changes
+        db.executemany(sql, batch)
+        if db.total_changes - before < len(batch):  # rare: find which rows lost to an earlier line with their id
+            ids = sorted({row[0] for row in batch})
+            first = dict(db.execute(f"SELECT id, line FROM {table} WHERE id IN ({','.join('?' * len(ids))})", ids).fetchall())
+            for row in batch:
+                if first.get(row[0]) != row[line_at]:
+                    stats.drop(block, "duplicate_id", {"file": label, "line": row[line_at], "id": row[1],
+                                                       "first_line": first.get(row[0])})
+        batch.clear()
+
     with db:
         for line_no, line in zst_lines(path, cfg.max_row_bytes):
             n += 1
@@ -152,9 +168,8 @@ def ingest_file(path: Path, kind: str, db_path: Path, cfg, stats: Stats, progres
                 cid, sid, link, author, score, created, body = fields
                 batch.append((cid, sid, link, line_no, label, author, score, created, body))
             if len(batch) >= 2000:
-                db.executemany(sql, batch)
-                batch.clear()
-        db.executemany(sql, batch)
+                insert()
+        insert()
     stats.add(block, "read", n)  # once, not per row
     progress(0, n % 5000)
     db.close()

@@ -66,43 +66,74 @@ def _rows(source, root: str, stats: Stats, table: str, max_row_bytes: int, progr
 
 def _ingest_users(db, source, stats, cfg, progress):
     batch = []
+
+    def flush():
+        # the first row of an Id wins, as in Posts; a repeated one is counted as dropped (duplicate_Id), not as a second user
+        before = db.total_changes
+        db.executemany("INSERT OR IGNORE INTO users VALUES (?, ?)", [(uid, name) for uid, name, _ in batch])
+        inserted = db.total_changes - before
+        stats.add("rows.Users", "user", inserted)
+        if inserted < len(batch):
+            stats.drop("rows.Users", "duplicate_Id", {"file": source.label, "line": batch[-1][2]}, len(batch) - inserted)
+        batch.clear()
+
     for line, attrs in _rows(source, "users", stats, "Users", cfg.max_row_bytes, progress):
         try:
             uid = int(attrs["Id"])
         except (KeyError, ValueError):
             stats.drop("rows.Users", "bad_Id", {"file": source.label, "line": line, "excerpt": str(dict(attrs))[:300]})
             continue
-        stats.add("rows.Users", "user")
-        batch.append((uid, attrs.get("DisplayName")))
+        batch.append((uid, attrs.get("DisplayName"), line))
         if len(batch) >= BATCH:
-            db.executemany("INSERT OR REPLACE INTO users VALUES (?, ?)", batch)
-            batch.clear()
-    db.executemany("INSERT OR REPLACE INTO users VALUES (?, ?)", batch)
+            flush()
+    flush()
 
 
 def _ingest_votes(db, source, stats, cfg, progress):
+    """Up and down votes per post. A vote row whose Id was already read (a repeated line) is dropped as duplicate_Id rather
+    than counted twice. Dumps list votes in Id order, so only a row whose Id is not above every Id so far is looked up in the
+    store's `vote_ids` table (which holds every Id read): the usual row costs one comparison and its share of a bulk insert.
+    The table is dropped at the end; Posts, read next, reuse its pages, so the store grows no larger for it."""
     counts: dict[int, list[int]] = {}
+    ids: list[tuple[int]] = []
+    highest = None
+    db.execute("CREATE TABLE IF NOT EXISTS vote_ids (id INTEGER PRIMARY KEY)")
 
     def flush():
         db.executemany("INSERT INTO votes VALUES (?, ?, ?) ON CONFLICT(post_id) DO UPDATE SET up = up + excluded.up, "
                        "down = down + excluded.down", [(k, v[0], v[1]) for k, v in counts.items()])
         counts.clear()
+        db.executemany("INSERT OR IGNORE INTO vote_ids VALUES (?)", ids)
+        ids.clear()
 
     for line, attrs in _rows(source, "votes", stats, "Votes", cfg.max_row_bytes, progress):
         try:
             post, kind = int(attrs["PostId"]), int(attrs["VoteTypeId"])
+            vid = attrs.get("Id")
+            vid = None if vid is None else int(vid)
         except (KeyError, ValueError):
             stats.drop("rows.Votes", "bad_attribute", {"file": source.label, "line": line, "excerpt": str(dict(attrs))[:300]})
             continue
+        if vid is not None:
+            if highest is not None and vid <= highest:  # out of order: a repeat, or a vote listed late
+                if ids:
+                    flush()
+                if db.execute("SELECT 1 FROM vote_ids WHERE id = ?", (vid,)).fetchone():
+                    stats.drop("rows.Votes", "duplicate_Id", {"file": source.label, "line": line, "id": str(vid)})
+                    continue
+            else:
+                highest = vid
+            ids.append((vid,))
         if kind in (2, 3):
             stats.add("rows.Votes", "vote")
             c = counts.setdefault(post, [0, 0])
             c[0 if kind == 2 else 1] += 1
         else:
             stats.add("rows.Votes", "other_vote_type")
-        if len(counts) >= 50_000:
+        if len(counts) >= 50_000 or len(ids) >= 50_000:
             flush()
     flush()
+    db.execute("DROP TABLE vote_ids")
 
 
 def _check_post(attrs) -> tuple[str | None, tuple | None]:

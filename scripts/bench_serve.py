@@ -148,7 +148,7 @@ def bench_server(model_dir: Path, texts: list[str], batching: bool, clients: int
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
     proc = subprocess.Popen([sys.executable, "-m", "worldpm", "serve", f"model_path={model_dir}", f"port={port}", f"device={device}", f"dtype={dtype}",
                              f"batching.enabled={str(batching).lower()}", "log_every_s=0"],
                             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

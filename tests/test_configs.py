@@ -5,7 +5,7 @@ from omegaconf import OmegaConf
 from worldpm.config import compose, config_dir
 
 # Published totals of the Qwen2.5 base models (causal LM, as counted by their model cards).
-PUBLISHED = {"qwen2.5-1.5b": 1.54e9, "qwen2.5-7b": 7.61e9, "qwen2.5-72b": 72.7e9}
+PUBLISHED = {"qwen2.5-0.5b": 0.494e9, "qwen2.5-1.5b": 1.54e9, "qwen2.5-7b": 7.61e9, "qwen2.5-72b": 72.7e9}
 
 
 def model_cfg(name):
@@ -31,7 +31,7 @@ def test_large_configs_match_published_parameter_counts_on_meta_device(name):
     total = n_params(lm)
     assert abs(total - PUBLISHED[name]) / PUBLISHED[name] < 0.01, total
     tied = cfg["arch"]["tie_word_embeddings"]
-    assert tied == (name == "qwen2.5-1.5b")
+    assert tied == (name in ("qwen2.5-0.5b", "qwen2.5-1.5b"))  # the small ones tie the embedding and the LM head
     h = cfg["arch"]["hidden_size"]
     for head, head_params in (("mlp", h * h + h + h + 1), ("linear", h)):
         rm = RewardModel.from_config(cfg["arch"], load_tokenizer("tiny"), head=head, device="meta")
@@ -55,16 +55,49 @@ def test_tiny_qwen_uses_the_real_tokenizer_vocabulary():
 
 def test_every_model_config_composes():
     names = sorted(p.stem for p in (config_dir() / "model").glob("*.yaml"))
-    assert {"tiny", "tiny-qwen", "qwen2.5-1.5b", "qwen2.5-7b", "qwen2.5-72b"} <= set(names)
+    assert {"tiny", "tiny-qwen", "qwen2.5-0.5b", "qwen2.5-1.5b", "qwen2.5-7b", "qwen2.5-72b"} <= set(names)
     for name in names:
         cfg = model_cfg(name)
         assert cfg["name"] == name and cfg["head"] in ("mlp", "linear")
 
 
-def test_every_verb_config_composes_with_its_defaults():
+# The canonical keys of each verb (docs/architecture.md, "Command line"), and which of them a user must give (???).
+CANONICAL = {
+    "collect": ["source.name", "source.path", "output_dir", "workers", "pairs.max_per_question", "split.test_fraction", "overwrite"],
+    "train": ["model.name", "model.path", "data.path", "output_dir", "trainer.max_steps", "trainer.pairs_per_step", "trainer.lr",
+              "trainer.save_every", "trainer.eval_every", "trainer.resume", "trainer.seed", "init_from", "wandb.mode"],
+    "eval": ["model_path", "benchmark", "checkpoints", "output_dir"],
+    "scaling": ["runs", "output_dir"],
+    "score": ["model_path", "input", "output"],
+    "serve": ["model_path", "host", "port", "api_key"],
+}
+REQUIRED = {"collect": {"source.path", "output_dir"}, "train": {"data.path"}, "eval": {"output_dir"}, "scaling": {"runs", "output_dir"},
+            "score": {"input"}, "serve": set()}
+
+
+def _node_and_leaf(cfg, dotted):
+    *parents, leaf = dotted.split(".")
+    node = cfg
+    for name in parents:
+        node = node[name]
+    return node, leaf
+
+
+def test_every_verb_config_composes_with_its_canonical_keys_and_resolves():
     from worldpm.cli import VERBS
 
-    present = [v for v in VERBS if (config_dir() / f"{v}.yaml").exists()]
-    assert "score" in present
-    for verb in present:
-        compose(verb, [])  # mandatory values (???) may stay missing until used
+    assert set(VERBS) == set(CANONICAL)
+    for verb in VERBS:
+        cfg = compose(verb, [])
+        resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)  # every interpolation points somewhere
+        assert resolved, verb
+        missing = set()
+        for key in CANONICAL[verb]:
+            node, leaf = _node_and_leaf(cfg, key)
+            assert leaf in node.keys(), f"{verb}: no {key}"  # (`in node` is False for a ??? value)
+            if OmegaConf.is_missing(node, leaf):
+                missing.add(key)
+        assert missing == REQUIRED[verb], verb  # exactly these must be given on the command line
+    train = compose("train", ["data.path=x"])  # the recommended setup of the model config is what train uses by default
+    assert train.trainer.lr == train.model.train.lr and train.trainer.precision == train.model.train.precision
+    assert train.data.max_tokens_per_micro_batch == train.model.train.max_tokens_per_micro_batch

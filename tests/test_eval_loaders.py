@@ -233,10 +233,32 @@ def test_ppe_conflict_pair_of_equal_correctness_is_refused(tmp_path):
         load_benchmark("ppe", cfg)
 
 
+SUBSAMPLE = ("from tests.test_eval_loaders import ASSETS, load; "
+             "print(' '.join(i.uid for i in load('rewardbench', ASSETS / 'rewardbench' / 'filtered.jsonl', max_items=2)))")
+
+
 def test_max_items_subsamples_each_subtask_reproducibly():
+    import os
+    import subprocess
+    import sys
+
+    from worldpm.eval.benchmarks.registry import subsample
+
+    full = load("rewardbench", ASSETS / "rewardbench" / "filtered.jsonl")
     a = load("rewardbench", ASSETS / "rewardbench" / "filtered.jsonl", max_items=2)
-    b = load("rewardbench", ASSETS / "rewardbench" / "filtered.jsonl", max_items=2)
-    assert by_subtask(a) == {"chat": 2, "chat_hard": 2, "safety": 2, "reasoning": 2} and [i.uid for i in a] == [i.uid for i in b]
+    assert by_subtask(full) == {"chat": 6, "chat_hard": 7, "safety": 5, "reasoning": 8}
+    assert by_subtask(a) == {"chat": 2, "chat_hard": 2, "safety": 2, "reasoning": 2}
+    order = [i.uid for i in full]
+    assert [i.uid for i in a] == [u for u in order if u in {i.uid for i in a}]  # a subset, in file order
+    # reproducible across processes (string hashing is salted per process: PYTHONHASHSEED), not only within one
+    runs = [subprocess.run([sys.executable, "-c", SUBSAMPLE], cwd=ROOT, capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONHASHSEED": seed}).stdout.split() for seed in ("1", "2")]
+    assert runs[0] == runs[1] == [i.uid for i in a]
+    # each subtask's draw depends on the seed and its own name only: other subtasks' items do not move it
+    chat = [i for i in full if i.subtask == "chat"]
+    assert [i.uid for i in subsample(chat, 2, 0, "rewardbench")] == [i.uid for i in a if i.subtask == "chat"]
+    # and the seed matters: some other seed draws a different subset
+    assert any([i.uid for i in subsample(full, 2, seed, "rewardbench")] != [i.uid for i in a] for seed in range(1, 4))
 
 
 def test_json_lines_locators_name_the_file_line_in_one_pass(tmp_path, monkeypatch):

@@ -5,7 +5,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -70,12 +69,8 @@ def test_every_benchmark_end_to_end_with_the_tiny_model(tmp_path):
     out = tmp_path / "eval"
     args = [f"model_path={model}", f"output_dir={out}", f"benchmark=[{','.join(ALL)}]", f"benchmark.heldout.path={heldout}",
             *(f"benchmark.{k}.path={v}" for k, v in PATHS.items())]
-    start = time.perf_counter()
-    proc = worldpm("eval", *args)
-    wall = time.perf_counter() - start
+    proc = worldpm("eval", *args)  # its speed is measured by scripts/, not asserted here (timings on a shared machine are noise)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    print(f"end-to-end eval of {len(ALL)} benchmarks: {wall:.1f} s")
-    assert wall < 120
 
     results = json.loads((out / "results.json").read_text())
     assert {"model_path", "checkpoint", "benchmarks", "categories", "config"} <= set(results)

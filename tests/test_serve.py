@@ -199,6 +199,83 @@ def test_batching_off_scores_every_request_alone(tiny_rm, served):
     assert health["traffic"] == {k: stats[k] for k in ("requests", "sequences", "tokens", "batches", "largest_batch")}
 
 
+class RecordingTransport(httpx.HTTPTransport):
+    """An httpx transport that notes each answer's status and when it came (what a client saw, in order)."""
+
+    def __init__(self):
+        super().__init__()
+        self.answers: list[tuple[int, float]] = []
+
+    def handle_request(self, request):
+        response = super().handle_request(request)
+        self.answers.append((response.status_code, time.monotonic()))
+        return response
+
+
+def test_a_full_queue_answers_503_with_retry_after_and_a_client_that_waits_gets_its_reward(tiny_rm, served):
+    """Back-pressure, for real: the model is held busy, the queue fills to limits.max_pending_requests, the next requests
+    get 503 + Retry-After without reaching the model, /health stays up, and once the model is free every queued request and
+    the RemoteScorer that backed off (for the Retry-After's second, not its own shorter backoff) get their rewards."""
+    from worldpm.serve.client import RemoteScorer
+    from worldpm.serve.server import Limits
+
+    texts = openrlhf_texts()
+    expected = tiny_rm.score_texts(texts)
+    scorer = LocalScorer(served, batching=False)
+    release, entered = threading.Event(), threading.Event()
+    score_ids = scorer.batcher.score_ids
+
+    def held_model(sequences):
+        entered.set()
+        release.wait(60)
+        return score_ids(sequences)
+
+    scorer.batcher.score_ids = held_model
+    answers, threads = {}, []
+
+    def post(name, i):
+        answers[name] = httpx.post(f"{url}/get_reward", json={"query": [texts[i]]}, timeout=60)
+
+    try:
+        with running_server(scorer, limits=Limits(max_pending_requests=2)) as url:
+            for name, i in (("first", 0), ("second", 1)):
+                threads.append(threading.Thread(target=post, args=(name, i)))
+                threads[-1].start()
+            deadline = time.monotonic() + 60
+            while httpx.get(f"{url}/health", timeout=10).json()["pending"] < 2:  # one in the model, one queued
+                assert time.monotonic() < deadline, "the two requests were never queued"
+                time.sleep(0.01)
+            assert entered.is_set()
+            busy = httpx.post(f"{url}/get_reward", json={"query": [texts[2]]}, timeout=10)
+            busy_v1 = httpx.post(f"{url}/v1/score", json={"conversations": conversations()[:1]}, timeout=10)
+            for r in (busy, busy_v1):
+                assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+                assert "server busy: 2 requests queued" in r.json()["error"]
+            assert httpx.get(f"{url}/health", timeout=10).json()["pending"] == 2  # refused requests were never queued
+            transport = RecordingTransport()
+            remote = RemoteScorer(url, retries=5, backoff_s=0.05, transport=transport)
+            threads.append(threading.Thread(target=lambda: answers.update(remote=remote.score_texts([texts[3]]))))
+            threads[-1].start()
+            while not transport.answers:  # its first try is refused while the queue is full
+                assert time.monotonic() < deadline and threads[-1].is_alive()
+                time.sleep(0.01)
+            release.set()
+            for t in threads:
+                t.join(60)
+            remote.close()
+            after = httpx.post(f"{url}/get_reward", json={"query": [texts[4]]}, timeout=60)
+    finally:
+        release.set()
+    assert [status for status, _ in transport.answers] == [503, 200]
+    assert transport.answers[1][1] - transport.answers[0][1] >= 0.95  # it waited for Retry-After, not its 0.05 s backoff
+    assert answers["remote"].rewards == pytest.approx([expected[3]], abs=TOL)
+    for name, i in (("first", 0), ("second", 1)):
+        assert answers[name].status_code == 200 and answers[name].json()["rewards"] == pytest.approx([expected[i]], abs=TOL)
+    assert after.status_code == 200 and after.json()["rewards"] == pytest.approx([expected[4]], abs=TOL)
+    stats = scorer.batcher.stats.snapshot()
+    assert stats["requests"] == 4  # the two queued, the client's retry, the one after: the 503s never reached the model
+
+
 def test_wait_healthy_stops_when_the_server_process_exits_or_the_time_is_up():
     proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stderr.write('boom'); sys.exit(3)"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

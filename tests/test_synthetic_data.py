@@ -282,3 +282,29 @@ def test_collect_verb_writes_the_synthetic_source(tmp_path):
     assert again.returncode != 0 and len(again.stderr.strip().splitlines()) == 1
     bad = subprocess.run(cmd[:-1] + ["source.scale=-1", "overwrite=true"], cwd=root, capture_output=True, text=True)
     assert bad.returncode == 2 and "scale" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("pairs.max_per_question=3", "pairs.max_per_question=3"),
+    ("workers=4", "workers=4"),
+    ("dedup.near.enabled=false", "dedup.near.enabled=False"),
+    (f"contamination.benchmarks=[{ROOT}/worldpm/assets/benchmarks/rewardbench/filtered.jsonl]",
+     f"contamination.benchmarks=['{ROOT}/worldpm/assets/benchmarks/rewardbench/filtered.jsonl']"),
+    ("output.max_rows_per_shard=10", "use source.max_rows_per_shard"),
+])
+def test_collect_synthetic_refuses_the_collect_keys_it_does_not_read(tmp_path, override, needle):
+    """source=synthetic has no forum pipeline: a collect key it would ignore is a one-line error before anything is written."""
+    from data_prep.collect import run
+    from data_prep.entry import compose
+    from data_prep.errors import CollectError
+
+    cfg = compose("collect", ["source=synthetic", f"output_dir={tmp_path / 'o'}", "source.n_pairs=60", override])
+    with pytest.raises(CollectError) as err:
+        run(cfg)
+    assert needle in str(err.value) and "\n" not in str(err.value) and "source=synthetic does not read" in str(err.value)
+    assert not (tmp_path / "o").exists()
+    # the keys it reads are honoured
+    run(compose("collect", ["source=synthetic", f"output_dir={tmp_path / 'o'}", "source.n_pairs=60", "split.test_fraction=0.5",
+                            "source.max_rows_per_shard=7"]))
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["params"]["test_fraction"] == 0.5 and len(list((tmp_path / "o" / "train").glob("*.parquet"))) > 1

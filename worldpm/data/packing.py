@@ -206,7 +206,7 @@ def model_inputs(batch: MicroBatch, attention: str, attn_implementation: str, dt
     return kwargs
 
 
-def use_attention(model, attention: str, layout: str) -> str:
+def use_attention(model, attention: str, layout: str, compute_dtype: torch.dtype | None = None) -> str:
     """Switch a RewardModel's backbone to the attention implementation the chosen path needs; returns its name.
 
     `auto` with plain packing takes flash-attention's varlen kernel when it can run (GPU, flash-attn, bf16), else worldpm's
@@ -216,7 +216,7 @@ def use_attention(model, attention: str, layout: str) -> str:
     current = model.config._attn_implementation
     if path != "varlen" or (current.startswith("flash_attention") and layout == "packed"):
         return current
-    if attention == "auto" and layout == "packed" and flash_attention_available(model):
+    if attention == "auto" and layout == "packed" and flash_attention_available(model, compute_dtype):
         model.model.set_attn_implementation("flash_attention_2")
         return "flash_attention_2"
     register_varlen_attention()

@@ -85,7 +85,9 @@ def register_varlen_attention() -> str:
     return VARLEN_IMPLEMENTATION
 
 
-def flash_attention_available(model) -> bool:
-    """flash-attn installed, a GPU, and 16-bit weights (the kernel's requirement)."""
+def flash_attention_available(model, compute_dtype: torch.dtype | None = None) -> bool:
+    """flash-attn installed, a GPU, and 16-bit activations (the kernel's requirement): 16-bit weights, or fp32 weights run
+    under 16-bit autocast (`compute_dtype`; transformers then hands the kernel autocast's dtype)."""
+    dtype = compute_dtype if compute_dtype in (torch.bfloat16, torch.float16) else model.model.dtype
     return (torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
-            and model.model.dtype in (torch.bfloat16, torch.float16))
+            and dtype in (torch.bfloat16, torch.float16))

@@ -15,7 +15,8 @@ from worldpm.serve.scores import Scores
 class RemoteScorer:
     """A client of `worldpm serve` (or any server of OpenRLHF's /get_reward protocol, for texts).
 
-    Connection errors, timeouts, 429 and 5xx answers are retried `retries` times, `backoff_s` apart (doubling); a 4xx answer
+    Connection errors, timeouts, 429 and 5xx answers are retried `retries` times, `backoff_s` apart (doubling, and never sooner
+    than a busy server's `Retry-After` asks); a 4xx answer
     (bad input, bad API key) is not retried and raises a one-line UserError with the server's message. Large inputs are sent
     in requests of at most `batch_size` items.
     """
@@ -36,18 +37,18 @@ class RemoteScorer:
                                     transport=transport)  # an httpx transport of your own: proxies, TLS settings, mocks
 
     def _post(self, path: str, payload: dict) -> dict:
-        delay, last = self.backoff_s, "no attempt"
+        delay, wait, last = self.backoff_s, 0.0, "no attempt"
         for attempt in range(self.retries + 1):
             if attempt:
-                time.sleep(delay)
+                time.sleep(max(delay, wait))
                 delay *= 2
             try:
                 response = self._client.post(path, json=payload)
             except httpx.TransportError as exc:  # connect errors, timeouts, dropped connections
-                last = f"{type(exc).__name__}: {exc}"
+                last, wait = f"{type(exc).__name__}: {exc}", 0.0
                 continue
             if response.status_code == 429 or response.status_code >= 500:
-                last = f"HTTP {response.status_code}: {_error_text(response)}"
+                last, wait = f"HTTP {response.status_code}: {_error_text(response)}", _retry_after(response)
                 continue
             if response.status_code >= 400:
                 raise UserError(f"{self.url}{path} refused the request (HTTP {response.status_code}): {_error_text(response)}")
@@ -82,6 +83,15 @@ class RemoteScorer:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _retry_after(response, longest: float = 60.0) -> float:
+    """The seconds a 429/503 answer's `Retry-After` asks to wait (its delta-seconds form; 0 when absent or a date), at most
+    `longest`."""
+    try:
+        return min(max(float(response.headers.get("retry-after", 0)), 0.0), longest)
+    except ValueError:
+        return 0.0
 
 
 def _error_text(response) -> str:

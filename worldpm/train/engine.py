@@ -123,6 +123,11 @@ class DeepSpeedEngine:
         self.stage = int(ds_config["zero_optimization"]["stage"])
         self.dist = dist
         self._hf_ds_config = hf_ds_config  # ZeRO-3: transformers finds the config through a weak reference; keep it alive
+        zero = ds_config["zero_optimization"]
+        offloaded = [f"{what} offloaded to {(zero.get(f'offload_{what}') or {}).get('device')}" for what in ("optimizer", "param")
+                     if (zero.get(f"offload_{what}") or {}).get("device") in ("cpu", "nvme")]
+        log.info("engine: DeepSpeed ZeRO-%d%s, optimizer %s, %s", self.stage, "".join(f", {o}" for o in offloaded), kind,
+                 "bf16 weights with fp32 masters" if ds_config["bf16"]["enabled"] else "fp32")
 
     def train(self):
         self.engine.train()
@@ -199,6 +204,8 @@ class TorchEngine:
         self.autocast = tcfg.precision == "bf16"
         self.device = dist.device
         self.stage = None
+        log.info("engine: PyTorch, one process, optimizer %s, %s", optimizer_kind(None, tcfg),
+                 "bf16 autocast over fp32 weights" if self.autocast else "fp32")
 
     def train(self):
         self.model.train()

@@ -51,6 +51,8 @@ def setup_logging(out: Path, dist: distributed.Dist) -> None:
         log.setLevel(logging.WARNING)
         return
     out.mkdir(parents=True, exist_ok=True)
+    if log.getEffectiveLevel() > logging.INFO:  # run() called in-process, with no logging set up: train.log still gets the run
+        log.setLevel(logging.INFO)
     handler = logging.FileHandler(out / "train.log")
     handler.worldpm_run_log = True
     handler.setFormatter(logging.Formatter("[%(asctime)s %(levelname)s %(name)s] %(message)s", "%H:%M:%S"))

@@ -68,12 +68,15 @@ def train(cfg: DictConfig, dist: distributed.Dist, signals: PreemptionSignals) -
 
     # 1. the model (ZeRO-3: transformers builds it partitioned while hf_ds_config is referenced)
     model, hf_ds_config, info = build_model(cfg, ds_config)
-    batching = Batching(str(dcfg.packing), str(dcfg.attention), use_attention(model, str(dcfg.attention), str(dcfg.packing)),
-                        int(dcfg.max_tokens_per_micro_batch), torch.bfloat16 if tcfg.precision == "bf16" else torch.float32,
+    compute_dtype = torch.bfloat16 if tcfg.precision == "bf16" else torch.float32
+    batching = Batching(str(dcfg.packing), str(dcfg.attention),
+                        use_attention(model, str(dcfg.attention), str(dcfg.packing), compute_dtype),
+                        int(dcfg.max_tokens_per_micro_batch), compute_dtype,
                         model.tokenizer.convert_tokens_to_ids(PAD_TOKEN), dist.rank, dist.world_size, dist.device)
     export = ExportMeta(model.config, model.tokenizer, model.spec)
-    log.info("model %s: %s parameters (%s non-embedding), head %s, attention %s, %s", info["model_name"], f"{info['n_params']:,}",
-             f"{info['n_params_non_embedding']:,}", model.spec.head, batching.attn_implementation, tcfg.precision)
+    log.info("model %s: %s parameters (%s non-embedding), head %s, attention %s, %s%s", info["model_name"], f"{info['n_params']:,}",
+             f"{info['n_params_non_embedding']:,}", model.spec.head, batching.attn_implementation, tcfg.precision,
+             ", activation checkpointing" if tcfg.activation_checkpointing else "")
 
     # 2. the data, tokenised once with the model's encoder (rank 0 first; the others read its cache)
     data = sources(dcfg)
