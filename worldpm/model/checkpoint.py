@@ -13,7 +13,8 @@ The files are written for every reader in the ecosystem, not only the transforme
 `write_tokenizer`): config.json also carries the flat fields transformers 4.x reads (`rope_theta`, `rope_scaling`,
 `torch_dtype`; 5.x keeps them in `rope_parameters` / `dtype`, and 4.51 silently falls back to rope_theta 10000 without
 them), the tokenizer is declared as `PreTrainedTokenizerFast` (a class every version resolves; 5.x writes `TokenizersBackend`,
-which 4.x does not know), and the chat template is both in `chat_template.jinja` (5.x) and in tokenizer_config.json (4.x).
+which 4.x does not know) with its `model_input_names` (else 4.x adds token_type_ids, which Qwen2 refuses), and the chat
+template is both in `chat_template.jinja` (5.x) and in tokenizer_config.json (4.x).
 scripts/interop_check.sh loads an export with RewardBench's transformers 4.51, OpenRLHF's 5.15 and TRL's newest.
 
 A directory without a `worldpm` block but with `score.0.*`/`score.2.*` weights is read as the released WorldPM code reads it: the
@@ -143,12 +144,15 @@ def legacy_config_fields(cfg: Mapping[str, Any]) -> dict:
 
 def write_tokenizer(tokenizer, directory: Path) -> None:
     """`tokenizer.save_pretrained`, then made readable by every transformers version: a tokenizer class they all resolve, and
-    the chat template in tokenizer_config.json as well as in chat_template.jinja."""
+    the chat template in tokenizer_config.json as well as in chat_template.jinja, and the model's input names (4.x's generic
+    class would add token_type_ids)."""
     tokenizer.save_pretrained(str(directory))
     config_file = directory / "tokenizer_config.json"
     tok_cfg = json.loads(config_file.read_text())
     if (directory / "tokenizer.json").exists():
         tok_cfg["tokenizer_class"] = PORTABLE_TOKENIZER_CLASS
+        # 4.x's generic class also returns token_type_ids unless told otherwise, and Qwen2's forward() refuses them
+        tok_cfg.setdefault("model_input_names", list(getattr(tokenizer, "model_input_names", ["input_ids", "attention_mask"])))
     template = tokenizer.chat_template
     if isinstance(template, str):
         tok_cfg["chat_template"] = template
