@@ -70,6 +70,13 @@ echo "== OpenRLHF: its rollout executor, over HTTP and through its reward-functi
   --url "http://127.0.0.1:$port/get_reward" --probes "$out/probes.jsonl" --out "$out/openrlhf.json" > "$out/openrlhf.log" 2>&1 \
   || { tail -20 "$out/openrlhf.log"; exit 1; }
 
+echo "== worldpm's model tests under OpenRLHF's pins (transformers $(grep -i '^transformers==' "$peers/peer-openrlhf/freeze.txt" | cut -d= -f3))"
+"$peers/peer-openrlhf/bin/pip" install -q --disable-pip-version-check pytest pytest-timeout 2> /dev/null
+"$peers/peer-openrlhf/bin/python" -m pytest -q -p no:cacheprovider tests/test_reward_model.py tests/test_chat_format.py \
+  tests/test_tokenizer.py tests/test_export_compat.py 2>&1 | tee "$out/openrlhf-pytest.log" | tail -1
+{ grep -q " passed" "$out/openrlhf-pytest.log" && ! grep -q -E "[0-9]+ (failed|error)" "$out/openrlhf-pytest.log"; } \
+  || { echo "worldpm's tests failed under OpenRLHF's pins: $out/openrlhf-pytest.log"; exit 1; }
+
 echo "== TRL: GRPOTrainer with the export as reward model, worldpm's in-process and HTTP reward functions"
 "$peers/peer-trl/bin/python" scripts/interop/trl_peer.py --model "$out/model" --url "http://127.0.0.1:$port" \
   --out "$out/trl.json" --work "$out/trl" > "$out/trl.log" 2>&1 || { tail -20 "$out/trl.log"; exit 1; }
