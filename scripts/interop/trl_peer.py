@@ -44,7 +44,7 @@ def main() -> None:
 
     questions = ["How do I keep basil fresh?", "Why is the sky blue?", "Name a prime number.", "Tips for better sleep?"]
     dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": q}]} for q in questions])
-    config = GRPOConfig(output_dir=str(work / "grpo"), per_device_train_batch_size=4, num_generations=4,
+    config = GRPOConfig(output_dir=str(work / "grpo"), per_device_train_batch_size=8, num_generations=4,
                         max_completion_length=12, max_steps=args.steps, logging_steps=1, report_to=[], use_cpu=True,
                         bf16=False, save_strategy="no", seed=0, log_completions=False, disable_tqdm=True)
     funcs = [args.model,
