@@ -5,16 +5,19 @@
 #                     (aiohttp; sympy and pylatexenc for openrlhf.utils), plus worldpm itself: worldpm installed beside OpenRLHF
 #   peer-trl          trl 1.16.0 with the newest transformers, plus worldpm itself: worldpm installed beside TRL
 # torch 2.13.0 goes in first everywhere (its CPU wheel; a bare `torch` would pull a CUDA build). Usage: build_peers.sh DIR [NAME...]
-# Each environment is rebuilt only when its recipe (this file) changed. These are never worldpm's dependencies.
+# Each environment is rebuilt only when its recipe (its lines below) changed. These are never worldpm's dependencies.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 dir=$1; shift
 names=("$@"); [ ${#names[@]} -gt 0 ] || names=(peer-rewardbench peer-openrlhf peer-trl)
 mkdir -p "$dir"
-quiet() { "$@" 2> >(grep -v -e '^WARNING: Location' -e 'is ignored: it is neither' >&2); }
+torch_req=torch==2.13.0
+# pip's notes on local indexes, and on the requirements `--no-deps` leaves out on purpose, are not news
+quiet() { "$@" 2> >(grep -v -e '^WARNING: Location' -e 'is ignored: it is neither' -e "^ERROR: pip's dependency resolver" \
+                        -e '^openrlhf .* requires .*, which is not installed' >&2); }
 for name in "${names[@]}"; do
   venv="$dir/$name"
-  recipe=$(sha1sum "$0" | cut -c1-12)
+  recipe=$({ echo "$torch_req"; sed -n "/^    $name)/,/;;/p" "$0"; } | sha1sum | cut -c1-12)
   if [ -f "$venv/.built-$recipe" ]; then
     # worldpm is an editable install there: its code is live; its requirements may have changed (a no-op when satisfied)
     [ "$name" = peer-rewardbench ] || quiet "$venv/bin/pip" install -q --disable-pip-version-check -e .
@@ -24,9 +27,10 @@ for name in "${names[@]}"; do
   rm -rf "$venv"
   python3 -m venv "$venv"
   pip=("$venv/bin/pip" install -q --disable-pip-version-check)
-  quiet "${pip[@]}" torch==2.13.0
+  quiet "${pip[@]}" "$torch_req"
   case $name in
-    peer-rewardbench) quiet "${pip[@]}" rewardbench==0.1.4 ;;
+    peer-rewardbench)
+      quiet "${pip[@]}" rewardbench==0.1.4 ;;
     peer-openrlhf)
       quiet "${pip[@]}" --no-deps openrlhf==0.11.2
       quiet "${pip[@]}" transformers==5.15.0 aiohttp sympy pylatexenc
