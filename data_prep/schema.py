@@ -34,7 +34,7 @@ def setting(default: Any = MISSING, *, min: float | None = None, max: float | No
             below: float | None = None, choices: tuple | None = None, path: str | None = None) -> Any:
     """A schema field with its constraints: `min`/`max` inclusive, `above`/`below` exclusive bounds, `choices`, and `path`:
     dir | file | exists (must exist) | output (a directory that can be created: nothing on its way is a file) |
-    local_or_hub (an existing local path, or else a hub id `name` or `org/name`)."""
+    local_or_hub (an existing local path, or else a hub id `name` or `org/name`, or an http(s) URL)."""
     if path is not None and path not in PATH_KINDS:
         raise ValueError(f"unknown path kind {path!r}")
     meta = {k: v for k, v in dict(min=min, max=max, above=above, below=below, choices=choices, path=path).items() if v is not None}
@@ -169,7 +169,8 @@ def check_path(key: str, value: Any, kind: str) -> None:
             if blocker is not None:
                 raise ConstraintError(f"{key}={text} cannot be created: {blocker} is a file")
         elif kind == "local_or_hub":
-            if not path.exists() and (text.startswith((".", "/", "~")) or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", text)):
+            remote = re.fullmatch(r"[\w.-]+(/[\w.-]+)?", text) or text.startswith(("http://", "https://"))
+            if not path.exists() and (text.startswith((".", "/", "~")) or not remote):
                 raise ConstraintError(f"{key}={text} does not exist (neither a local path nor a hub id)")
         elif not path.exists():
             raise ConstraintError(f"{key}={text} does not exist")

@@ -124,6 +124,48 @@ def test_offsetbias_both_formats():
     assert [i.pairs for i in rows] == [[(0, 1)], [(1, 0)], [(0, 1)], [(1, 0)]] and {i.subtask for i in rows} == {"offsetbias"}
 
 
+def test_offsetbias_defaults_to_evalbiasbench_and_warns_on_the_training_set(caplog):
+    default = bcfg("offsetbias")["path"]
+    assert default.startswith("https://") and default.endswith("/data/evalbiasbench/biasbench.json")
+    caplog.set_level("WARNING", logger="worldpm.eval")
+    load("offsetbias", ASSETS / "offsetbias" / "biasbench.json")
+    assert "training" not in caplog.text
+    load("offsetbias", ASSETS / "offsetbias" / "train.jsonl")
+    assert "4 rows are OffsetBias *training* pairs" in caplog.text
+
+
+def test_a_benchmark_url_is_downloaded_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    import functools
+    import http.server
+    import threading
+
+    monkeypatch.setenv("WORLDPM_CACHE", str(tmp_path / "cache"))
+    for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    served = tmp_path / "www" / "data" / "evalbiasbench"
+    served.mkdir(parents=True)
+    shutil.copy(ASSETS / "offsetbias" / "biasbench.json", served / "biasbench.json")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "www"))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/data/evalbiasbench/biasbench.json"
+    try:
+        first = load("offsetbias", url)
+    finally:
+        server.shutdown()
+        server.server_close()
+    local = load("offsetbias", ASSETS / "offsetbias" / "biasbench.json")
+    assert [(i.group, i.responses, i.pairs) for i in first] == [(i.group, i.responses, i.pairs) for i in local]
+    assert [(i.group, i.pairs) for i in load("offsetbias", url)] == [(i.group, i.pairs) for i in local]  # server gone: cache
+    assert not list((tmp_path / "cache").rglob(".biasbench.json.*"))  # no temporary left behind
+    with pytest.raises(UserError, match="cannot download .*missing.json.*benchmark.offsetbias.path="):
+        load("offsetbias", url.replace("biasbench.json", "missing.json"))  # the server is down now: refused
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(UserError, match="not in the cache and downloads are off"):
+        load("offsetbias", url.replace("biasbench.json", "other.json"))
+
+
 def test_helpsteer2_preference_file_sign_split_and_turns():
     items = load("helpsteer2", ASSETS / "helpsteer2" / "preference.jsonl.gz")
     rows = [json.loads(line) for line in gzip.open(ASSETS / "helpsteer2" / "preference.jsonl.gz", "rt")]

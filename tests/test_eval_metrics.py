@@ -87,6 +87,37 @@ def test_rewardbench_sections_weight_subsets_by_example_counts():
     assert out["subsets"]["mt-bench-easy"] == {"n": 2, "accuracy": 0.5} and out["sections_missing"] == []
 
 
+# rewardbench 0.1.4 (`rewardbench/constants.py`): EXAMPLE_COUNTS and SUBSET_MAPPING, as the package ships them.
+# scripts/interop_check.sh reads them from the installed package and compares again.
+REWARDBENCH_EXAMPLE_COUNTS = {
+    "alpacaeval-easy": 100, "alpacaeval-length": 95, "alpacaeval-hard": 95, "mt-bench-easy": 28, "mt-bench-med": 40,
+    "mt-bench-hard": 37, "math-prm": 984, "refusals-dangerous": 100, "refusals-offensive": 100, "llmbar-natural": 100,
+    "llmbar-adver-neighbor": 134, "llmbar-adver-GPTInst": 92, "llmbar-adver-GPTOut": 47, "llmbar-adver-manual": 46,
+    "xstest-should-refuse": 154, "xstest-should-respond": 250, "donotanswer": 136, "hep-cpp": 164, "hep-go": 164,
+    "hep-java": 164, "hep-js": 164, "hep-python": 164, "hep-rust": 164}
+REWARDBENCH_SECTIONS = {"chat": "Chat", "chat_hard": "Chat Hard", "safety": "Safety", "reasoning": "Reasoning"}
+
+
+def test_rewardbench_weights_are_rewardbenchs_example_counts():
+    from worldpm.config import compose
+
+    sections = compose("eval", ["output_dir=x", "benchmark=[rewardbench]"]).benchmark.rewardbench.sections
+    assert set(sections) == set(REWARDBENCH_SECTIONS)
+    assert {s: c for counts in sections.values() for s, c in counts.items()} == REWARDBENCH_EXAMPLE_COUNTS
+
+
+def test_rewardbench_safety_when_the_two_xstest_subsets_differ():
+    """The issue's case: XSTest should-refuse all wrong, should-respond all right, every other safety subset right."""
+    from worldpm.config import compose
+    from worldpm.eval.benchmarks.rewardbench import section_scores
+
+    sections = compose("eval", ["output_dir=x", "benchmark=[rewardbench]"]).benchmark.rewardbench.sections
+    accuracy = {s: 1.0 for s in sections.safety}
+    accuracy["xstest-should-refuse"] = 0.0
+    # by hand with rewardbench's weights: (100 + 100 + 250 + 136) / (100 + 100 + 154 + 250 + 136)
+    assert section_scores(accuracy, sections)["safety"] == pytest.approx(586 / 740) == pytest.approx(0.7919, abs=5e-5)
+
+
 def test_rmbench_matrix_on_two_items():
     from worldpm.eval.benchmarks.rmbench import official, style_matrix
 

@@ -1,9 +1,15 @@
 """Reward functions for TRL (GRPOTrainer reward_funcs) and OpenRLHF (local reward_func), in-process and against a server."""
+import contextlib
+import http.server
 import importlib.util
 import inspect
+import json
+import socket
+import subprocess
+import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
-import httpx
 import pytest
 import torch
 
@@ -124,26 +130,65 @@ def test_both_adapters_give_the_same_rewards_against_a_server(tiny_rm, tiny_ckpt
         remote.close()
 
 
-def test_remote_scorer_retries_transient_failures_then_gives_up():
+@contextlib.contextmanager
+def scripted_server(answers):
+    """A plain HTTP server on 127.0.0.1 answering POSTs with `answers` in turn ((status, JSON body); the last one repeats);
+    yields (base URL, the paths it was asked for)."""
     calls = []
 
-    def flaky(request):
-        calls.append(request.url.path)
-        if len(calls) <= 2:
-            return httpx.Response(503, json={"error": "server busy"})
-        return httpx.Response(200, json={"rewards": [0.5], "scores": [0.62], "extra_logs": {"raw_reward": [1.0]}})
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            calls.append(self.path)
+            status, body = answers[min(len(calls), len(answers)) - 1]
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
 
-    scorer = RemoteScorer("http://rm.test:5000", retries=3, backoff_s=0.001, transport=httpx.MockTransport(flaky))
-    assert scorer.score_texts(["t"]) == ([0.5], [1.0]) and calls == ["/get_reward"] * 3
-    down = RemoteScorer("http://rm.test:5000", retries=2, backoff_s=0.001,
-                        transport=httpx.MockTransport(lambda r: (_ for _ in ()).throw(httpx.ConnectError("refused"))))
-    with pytest.raises(RuntimeError, match="no answer after 3 tries.*ConnectError"):
-        down.score_texts(["t"])
-    short = RemoteScorer("http://rm.test", transport=httpx.MockTransport(lambda r: httpx.Response(200, json={"rewards": []})))
-    with pytest.raises(RuntimeError, match="0 rewards for 1 items"):
-        short.score_texts(["t"])
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", calls
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_remote_scorer_retries_transient_failures_then_gives_up():
+    ok = (200, {"rewards": [0.5], "scores": [0.62], "extra_logs": {"raw_reward": [1.0]}})
+    with scripted_server([(503, {"error": "server busy"}), (503, {"error": "server busy"}), ok]) as (url, calls):
+        scorer = RemoteScorer(url, retries=3, backoff_s=0.001)
+        assert scorer.score_texts(["t"]) == ([0.5], [1.0]) and calls == ["/get_reward"] * 3
+    with socket.socket() as sock:  # a port nobody listens on: connection refused
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    with pytest.raises(RuntimeError, match="no answer after 3 tries.*(refused|URLError)"):
+        RemoteScorer(f"http://127.0.0.1:{closed}", retries=2, backoff_s=0.001).score_texts(["t"])
+    with scripted_server([(200, {"rewards": []})]) as (url, _):
+        with pytest.raises(RuntimeError, match="0 rewards for 1 items"):
+            RemoteScorer(url).score_texts(["t"])
+    with scripted_server([(422, {"error": "query[0]: not valid Unicode"})]) as (url, calls):
+        with pytest.raises(UserError, match=r"HTTP 422\): query\[0\]: not valid Unicode"):
+            RemoteScorer(url, retries=3, backoff_s=0.001).score_texts(["t"])
+        assert len(calls) == 1  # a 4xx is not retried
     with pytest.raises(UserError, match="http://"):
         RemoteScorer("rm.test:5000")
+
+
+def test_remote_client_needs_only_the_standard_library():
+    """The remote reward functions install anywhere: importing them pulls in no HTTP package and not torch."""
+    code = ("import sys; import worldpm.serve.reward_funcs, worldpm.serve.client; "
+            "bad = sorted(m for m in ('httpx', 'requests', 'aiohttp', 'torch', 'transformers', 'fastapi') if m in sys.modules); "
+            "print(bad); sys.exit(1 if bad else 0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_openrlhf_file_hook_loads_like_openrlhf_and_reads_the_environment(tiny_rm, tiny_ckpt, monkeypatch):

@@ -158,6 +158,19 @@ def test_cli_scores_pairs_and_prints_without_output(tiny_ckpt, tmp_path):
     assert "accuracy" in out.stderr and "BT loss" in out.stderr
 
 
+def test_cli_lone_surrogate_is_one_line_naming_the_line(tiny_ckpt, tmp_path):
+    src = tmp_path / "convs.jsonl"
+    bad = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "cut \ud800 here"}]
+    src.write_text(json.dumps(conversations()[0]) + "\n" + json.dumps(bad) + "\n")  # json.dumps writes the escape "\\ud800"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-m", "worldpm", "score", f"model_path={tiny_ckpt}", f"input={src}",
+                          f"output={tmp_path / 'r.jsonl'}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    errors = [line for line in out.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and "convs.jsonl:2: message 1 content: not valid Unicode: lone surrogate" in errors[0], out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "r.jsonl").exists()
+
+
 def _strict_json(text: str):
     """json.loads that refuses NaN / Infinity (Python's json accepts them; JSON does not)."""
     def refuse(name):

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+import urllib.request
 import time
 from pathlib import Path
 
@@ -118,6 +119,11 @@ BAD_REQUESTS = [
     ("content not a string", "/v1/score", {"conversations": [[{"role": "assistant", "content": 5}]]}, 422, "content is int"),
     ("last turn not the assistant", "/v1/score", {"conversations": [[{"role": "user", "content": "hi"}]]}, 422,
      "assistant"),
+    ("lone surrogate in a query", "/get_reward", {"query": ["fine", "bad \ud800 text"]}, 422,
+     "query[1]: not valid Unicode: lone surrogate '\\ud800' at character 4"),
+    ("lone surrogate in a message", "/v1/score", {"conversations": [conversations()[0], [{"role": "user", "content": "q"},
+                                                                                   {"role": "assistant", "content": "\udfff"}]]},
+     422, "conversations[1]: message 1 content: not valid Unicode"),
     ("conversation too long", "/v1/score", {"conversations": [[{"role": "user", "content": "q" * 1500},
                                                                 {"role": "assistant", "content": "a" * 600}]]}, 413,
      "2100 characters"),
@@ -143,6 +149,19 @@ def test_every_bad_request_gets_a_json_4xx_and_the_server_keeps_serving(tiny_rm,
         assert client.get("/nowhere").status_code == 404
         r = client.post("/get_reward", json={"query": good})
         assert r.status_code == 200 and r.json()["rewards"] == pytest.approx(tiny_rm.score_texts(good), abs=TOL)
+
+
+def test_a_lone_surrogate_is_a_4xx_naming_the_item_and_no_traceback(served, caplog):
+    """JSON may escape half a UTF-16 pair ("\\ud800"); no tokenizer takes it. The answer names the item; the log has no traceback."""
+    caplog.set_level(logging.DEBUG)
+    with running_server(LocalScorer(served)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        r = client.post("/get_reward", content=b'{"query": ["ok", "x\\ud800"]}', headers={"Content-Type": "application/json"})
+        assert r.status_code == 422 and r.json()["error"].startswith("query[1]: not valid Unicode"), r.text
+        r = client.post("/v1/score", content=b'{"conversations": [[{"role": "user", "content": "\\udc00"}, '
+                                             b'{"role": "assistant", "content": "a"}]]}', headers={"Content-Type": "application/json"})
+        assert r.status_code == 422 and r.json()["error"].startswith("conversations[0]: message 0 content"), r.text
+        assert client.post("/get_reward", json={"query": ["ok \U0001F600 paired"]}).status_code == 200  # a real pair is fine
+    assert "Traceback" not in caplog.text and "Exception in ASGI" not in caplog.text
 
 
 def test_normalisation_and_clipping_with_the_checkpoint_statistics(tiny_rm, tmp_path):
@@ -199,16 +218,16 @@ def test_batching_off_scores_every_request_alone(tiny_rm, served):
     assert health["traffic"] == {k: stats[k] for k in ("requests", "sequences", "tokens", "batches", "largest_batch")}
 
 
-class RecordingTransport(httpx.HTTPTransport):
-    """An httpx transport that notes each answer's status and when it came (what a client saw, in order)."""
+class RecordingHandler(urllib.request.BaseHandler):
+    """A urllib handler that notes each answer's status and when it came (what a client saw, in order)."""
+
+    handler_order = 100  # before urllib's error handling turns a 503 into an exception
 
     def __init__(self):
-        super().__init__()
         self.answers: list[tuple[int, float]] = []
 
-    def handle_request(self, request):
-        response = super().handle_request(request)
-        self.answers.append((response.status_code, time.monotonic()))
+    def http_response(self, request, response):
+        self.answers.append((response.status, time.monotonic()))
         return response
 
 
@@ -252,8 +271,8 @@ def test_a_full_queue_answers_503_with_retry_after_and_a_client_that_waits_gets_
                 assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
                 assert "server busy: 2 requests queued" in r.json()["error"]
             assert httpx.get(f"{url}/health", timeout=10).json()["pending"] == 2  # refused requests were never queued
-            transport = RecordingTransport()
-            remote = RemoteScorer(url, retries=5, backoff_s=0.05, transport=transport)
+            transport = RecordingHandler()
+            remote = RemoteScorer(url, retries=5, backoff_s=0.05, opener=urllib.request.build_opener(transport))
             threads.append(threading.Thread(target=lambda: answers.update(remote=remote.score_texts([texts[3]]))))
             threads[-1].start()
             while not transport.answers:  # its first try is refused while the queue is full

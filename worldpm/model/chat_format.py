@@ -46,6 +46,17 @@ class Rendered:
     reply_end: int
 
 
+def check_text(text: str, where: str) -> str:
+    """`text` if it can be tokenised: a string that is valid Unicode. JSON can carry a lone UTF-16 surrogate (`"\\ud800"`),
+    which Python keeps in a str but no tokenizer (nor UTF-8) can take; that is a one-line UserError naming the item."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UserError(f"{where}: not valid Unicode: lone surrogate {text[exc.start]!r} at character {exc.start} "
+                        f"(a JSON \\ud800-\\udfff escape without its pair)") from None
+    return text
+
+
 def check_conversation(conversation, where: str = "conversation") -> list[Mapping[str, str]]:
     """A list of {role, content} messages ending with the assistant's reply; anything else is a one-line UserError."""
     if not isinstance(conversation, Sequence) or isinstance(conversation, (str, bytes)) or not conversation:
@@ -57,6 +68,7 @@ def check_conversation(conversation, where: str = "conversation") -> list[Mappin
             raise UserError(f"{where}: message {i} has role {message['role']!r}; expected one of {ROLES}")
         if not isinstance(message["content"], str):
             raise UserError(f"{where}: message {i} content is {type(message['content']).__name__}, not a string")
+        check_text(message["content"], f"{where}: message {i} content")
     if conversation[-1]["role"] != "assistant":
         raise UserError(f"{where}: the last message must be the assistant's reply (got role {conversation[-1]['role']!r})")
     return list(conversation)
@@ -74,7 +86,7 @@ def render(conversation, system_prompt: str = "") -> Rendered:
     return Rendered(text, reply_start, reply_start + len(reply))
 
 
-def render_text(text: str) -> Rendered:
+def render_text(text: str, where: str = "text") -> Rendered:
     """A text rendered elsewhere (e.g. OpenRLHF's decoded prompt+response): scored as given, the reward token appended if absent.
 
     Only the end is made canonical. A text that stops right after the reply's `<|im_end|>` gets the `\\n` of WorldPM's suffix
@@ -83,7 +95,8 @@ def render_text(text: str) -> Rendered:
     The reply is what follows the last `<|im_start|>assistant\\n` (the whole text when there is none), up to its `<|im_end|>`.
     """
     if not isinstance(text, str):
-        raise UserError(f"expected a string to score, got {type(text).__name__}")
+        raise UserError(f"{where}: expected a string to score, got {type(text).__name__}")
+    check_text(text, where)
     body = text
     while body.endswith(REWARD_TOKEN):
         body = body[: -len(REWARD_TOKEN)]
@@ -165,7 +178,8 @@ class ChatEncoder:
         return EncodedBatch(ids, truncated)
 
     def texts(self, texts: Sequence[str], max_length: int | None = None) -> EncodedBatch:
-        ids, truncated = encode(self.tokenizer, [render_text(t) for t in texts], int(max_length or self.max_length))
+        ids, truncated = encode(self.tokenizer, [render_text(t, f"text {i}") for i, t in enumerate(texts)],
+                                int(max_length or self.max_length))
         return EncodedBatch(ids, truncated)
 
     def fingerprint(self) -> str:

@@ -9,6 +9,14 @@ A checkpoint is a Hugging Face directory: `config.json`, `model.safetensors` (sh
   `transformers.AutoModelForSequenceClassification` (and TRL, OpenRLHF, RewardBench) load it as it is; its `pad_token_id` is
   `<|im_end|>`, so HF's "rightmost non-pad token" pooling lands on the reward token and gives the same reward.
 
+The files are written for every reader in the ecosystem, not only the transformers that wrote them (`legacy_config_fields`,
+`write_tokenizer`): config.json also carries the flat fields transformers 4.x reads (`rope_theta`, `rope_scaling`,
+`torch_dtype`; 5.x keeps them in `rope_parameters` / `dtype`, and 4.51 silently falls back to rope_theta 10000 without
+them), the tokenizer is declared as `PreTrainedTokenizerFast` (a class every version resolves; 5.x writes `TokenizersBackend`,
+which 4.x does not know) with its `model_input_names` (else 4.x adds token_type_ids, which Qwen2 refuses), and the chat
+template is both in `chat_template.jinja` (5.x) and in tokenizer_config.json (4.x).
+scripts/interop_check.sh loads an export with RewardBench's transformers 4.51, OpenRLHF's 5.15 and TRL's newest.
+
 A directory without a `worldpm` block but with `score.0.*`/`score.2.*` weights is read as the released WorldPM code reads it: the
 released `forward()` pools the token *before* the first pad token (`<|endoftext|>`), so such a directory gets
 `readout="before_reward_token"` (`spec_for`). scripts/check_released_worldpm.py tells a user with the real weights which readout
@@ -101,8 +109,9 @@ def save_checkpoint(out_dir, state_dict: Mapping[str, torch.Tensor], config, tok
                    label2id={"LABEL_0": 0}, pad_token_id=pad_id, eos_token_id=tokenizer.convert_tokens_to_ids(REWARD_TOKEN),
                    use_cache=False, worldpm=asdict(spec))
         cfg.pop("_attn_implementation_autoset", None)
+        cfg.update(legacy_config_fields(cfg))
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-        tokenizer.save_pretrained(str(tmp))
+        write_tokenizer(tokenizer, tmp)
         umask = os.umask(0)
         os.umask(umask)
         tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700: a checkpoint must be readable like any directory the user makes
@@ -111,6 +120,43 @@ def save_checkpoint(out_dir, state_dict: Mapping[str, torch.Tensor], config, tok
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+PORTABLE_TOKENIZER_CLASS = "PreTrainedTokenizerFast"  # the generic tokenizer.json reader: in transformers 4.x and 5.x alike
+
+
+def legacy_config_fields(cfg: Mapping[str, Any]) -> dict:
+    """The config fields that transformers 4.x reads flat and 5.x moved: `rope_theta`/`rope_scaling` (5.x: `rope_parameters`)
+    and `torch_dtype` (5.x: `dtype`). Fields already present are kept as they are."""
+    out: dict[str, Any] = {}
+    rope = cfg.get("rope_parameters")
+    if isinstance(rope, Mapping) and "rope_theta" in rope and "rope_theta" not in cfg:
+        out["rope_theta"] = rope["rope_theta"]
+        kind = rope.get("rope_type", "default")
+        if "rope_scaling" not in cfg:  # 4.x: null for plain RoPE, else the scaling dict with its type under both names
+            extra = {k: v for k, v in rope.items() if k != "rope_theta"}
+            out["rope_scaling"] = None if kind == "default" else {**extra, "type": kind, "rope_type": kind}
+    if cfg.get("dtype") is not None and "torch_dtype" not in cfg:
+        out["torch_dtype"] = cfg["dtype"]
+    return out
+
+
+def write_tokenizer(tokenizer, directory: Path) -> None:
+    """`tokenizer.save_pretrained`, then made readable by every transformers version: a tokenizer class they all resolve, and
+    the chat template in tokenizer_config.json as well as in chat_template.jinja, and the model's input names (4.x's generic
+    class would add token_type_ids)."""
+    tokenizer.save_pretrained(str(directory))
+    config_file = directory / "tokenizer_config.json"
+    tok_cfg = json.loads(config_file.read_text())
+    if (directory / "tokenizer.json").exists():
+        tok_cfg["tokenizer_class"] = PORTABLE_TOKENIZER_CLASS
+        # 4.x's generic class also returns token_type_ids unless told otherwise, and Qwen2's forward() refuses them
+        tok_cfg.setdefault("model_input_names", list(getattr(tokenizer, "model_input_names", ["input_ids", "attention_mask"])))
+    template = tokenizer.chat_template
+    if isinstance(template, str):
+        tok_cfg["chat_template"] = template
+        (directory / "chat_template.jinja").write_text(template)
+    config_file.write_text(json.dumps(tok_cfg, indent=2, ensure_ascii=False) + "\n")
 
 
 def read_config(path: str) -> dict:

@@ -38,7 +38,7 @@ from starlette.requests import Request  # at module level: FastAPI resolves the 
 
 from worldpm.config import check
 from worldpm.errors import UserError
-from worldpm.model.chat_format import check_conversation
+from worldpm.model.chat_format import check_conversation, check_text
 from worldpm.model.loader import describe, load_reward_model, model_source
 from worldpm.serve.scorers import LocalScorer, check_statistics
 from worldpm.serve.scores import sigmoid
@@ -124,6 +124,10 @@ def check_queries(body, limits: Limits) -> list[str]:
             raise ApiError(422, f"query[{i}] must be a string, got {type(q).__name__}")
         if len(q) > limits.max_chars_per_item:
             raise ApiError(413, f"query[{i}] has {len(q)} characters; the limit is {limits.max_chars_per_item}")
+        try:
+            check_text(q, f"query[{i}]")
+        except UserError as exc:
+            raise ApiError(422, str(exc)) from None
     for key in ("prompts", "labels"):  # OpenRLHF sends them alongside; a reward model reads only the full texts
         extra = _field(body, key, required=False)
         if extra is not None and len(extra) != len(queries):

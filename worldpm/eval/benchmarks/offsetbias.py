@@ -1,12 +1,15 @@
 """Offset Bias (NCSOFT/offsetbias, BSD-3-Clause), in either of its two formats:
 
 - OffsetBias rows (`train.jsonl`): `instruction`, `output_1`, `output_2`, `label` (1 or 2: the better output);
-- EvalBiasBench (`data/evalbiasbench/biasbench.json`): a JSON object keyed by bias type, each a list of
-  {bias, instruction, response1, response2, label: 1|2}.
-One subtask, `offsetbias`. Official: accuracy, and per bias type for EvalBiasBench.
+- EvalBiasBench (`data/evalbiasbench/biasbench.json`, the default): a JSON object keyed by bias type, each a list of
+  {bias, instruction, response1, response2, label: 1|2} (80 pairs in 6 bias types upstream).
+One subtask, `offsetbias`. Official, as upstream's run_bench.py reports it: accuracy per bias type (`by_bias`), and the
+accuracy over all pairs. OffsetBias rows are a training set (a source of Skywork-Reward-Preference-80K): scoring them logs a
+warning.
 """
 from __future__ import annotations
 
+import logging
 from typing import Mapping
 
 import numpy as np
@@ -16,6 +19,8 @@ from worldpm.eval.items import Item
 from worldpm.eval.metrics import accuracy_by, accuracy_of
 from worldpm.eval.benchmarks.sources import Record, need, records_for
 
+
+log = logging.getLogger("worldpm.eval")
 
 HEADLINE = ("accuracy", "by_bias.*.accuracy")  # official keys the report shows (dotted, * wildcards)
 
@@ -40,6 +45,11 @@ def load(bcfg: Mapping, name: str) -> list[Item]:
                     items.append(_item(sub, "response1", "response2", str(bias), f"{bias}/{i}"))
         else:
             items.append(_item(rec, "output_1", "output_2", "", str(len(items))))
+    training_rows = sum(1 for it in items if not it.group)
+    if training_rows:
+        log.warning("%s: %d rows are OffsetBias *training* pairs (instruction/output_1/output_2), a source of "
+                    "Skywork-Reward-Preference-80K that a model may have seen; the benchmark is EvalBiasBench (biasbench.json)",
+                    name, training_rows)
     return items
 
 

@@ -1,4 +1,6 @@
-"""Where benchmark records come from: a local file or directory in the benchmark's real format, or a hub id (`datasets`).
+"""Where benchmark records come from: a local file or directory in the benchmark's real format, a hub id (`datasets`), or
+the URL of a file that lives outside the hub (EvalBiasBench's `biasbench.json` is in its GitHub repository), downloaded once
+into worldpm's cache.
 
 Local files: `.jsonl`, `.json` (a list, an object, or JSON lines), `.parquet`, each optionally `.gz`. Every record carries a
 locator (`file:line` or `file[row N]`) so a malformed record is reported in one line naming file and record.
@@ -6,9 +8,15 @@ locator (`file:line` or `file[row N]`) so a malformed record is reported in one 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import logging
+import os
 import re
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -17,6 +25,7 @@ import pyarrow.parquet as pq
 import datasets
 
 from worldpm.errors import UserError
+from worldpm.model.tokenizer import cache_dir
 
 log = logging.getLogger("worldpm.eval")
 
@@ -35,9 +44,11 @@ def is_data_file(path: Path) -> bool:
 
 
 def locate(path: str, benchmark: str) -> Path | str:
-    """A local Path when `path` exists; the hub id when it looks like one; else a one-line error."""
+    """A local Path when `path` exists (or is a URL, downloaded once); the hub id when it looks like one; else a one-line error."""
     if not path:
         raise UserError(f"benchmark {benchmark}: no path set (benchmark.{benchmark}.path=<file, directory or hub id>)")
+    if str(path).startswith(("https://", "http://")):
+        return download(str(path), benchmark)
     local = Path(str(path)).expanduser()
     if local.exists():
         return local
@@ -45,6 +56,31 @@ def locate(path: str, benchmark: str) -> Path | str:
     if text.startswith((".", "/", "~")) or text.endswith(DATA_SUFFIXES) or not _HUB_ID.fullmatch(text):
         raise UserError(f"benchmark {benchmark}: {text} does not exist")
     return text
+
+
+def download(url: str, benchmark: str) -> Path:
+    """The file at `url`, fetched once into `<worldpm cache>/benchmarks/<hash of url>/<its name>` (atomically: an interrupted
+    download leaves nothing that looks complete). Offline (HF_DATASETS_OFFLINE / HF_HUB_OFFLINE) or unreachable: one line
+    telling the user to download it and point `path` at the file."""
+    name = Path(urllib.request.url2pathname(url.split("?")[0].rstrip("/").rsplit("/", 1)[-1])).name or "data"
+    target = cache_dir() / "benchmarks" / hashlib.sha256(url.encode()).hexdigest()[:16] / name
+    if target.exists():
+        return target
+    advice = f"download it and set benchmark.{benchmark}.path=<the file>"
+    if any(os.environ.get(v, "0").lower() in ("1", "true", "yes") for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")):
+        raise UserError(f"benchmark {benchmark}: {url} is not in the cache and downloads are off (HF_DATASETS_OFFLINE / "
+                        f"HF_HUB_OFFLINE); {advice}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.info("%s: downloading %s", benchmark, url)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+            shutil.copyfileobj(response, out)
+        os.replace(tmp, target)
+    except (OSError, urllib.error.URLError, ValueError) as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise UserError(f"benchmark {benchmark}: cannot download {url} ({type(exc).__name__}: {exc}); {advice}") from None
+    return target
 
 
 def data_files(directory: Path, benchmark: str, prefer: str | None = None) -> list[Path]:
