@@ -30,14 +30,16 @@ install_requires = [
 ]
 
 extras = {
-    "train": ["deepspeed==0.19.8", "wandb==0.31.0", "hydra-submitit-launcher==1.2.0"],
+    "train": ["deepspeed==0.19.8", "wandb==0.31.0", "hydra-submitit-launcher==1.2.0", "peft>=0.17,<0.22"],
+    # QLoRA (model.lora.quantize=4bit/8bit): needs a CUDA GPU; not part of `all`
+    "qlora": ["bitsandbytes>=0.45"],
     "data": ["lxml>=5", "py7zr>=0.22", "zstandard>=0.22", "markdownify>=0.13", "html-to-markdown>=3.19,<4",
              "datasketch>=1.6", "xxhash>=3"],
     "eval": ["scipy>=1.11", "matplotlib>=3.8"],
     "serve": ["fastapi>=0.110", "uvicorn>=0.29", "httpx>=0.27"],
     "dev": ["pytest>=8", "pytest-timeout>=2.3", "setuptools>=68", "wheel"],
 }
-extras["all"] = sorted({dep for deps in extras.values() for dep in deps})
+extras["all"] = sorted({dep for name, deps in extras.items() if name != "qlora" for dep in deps})
 
 setup(
     name="worldpm",

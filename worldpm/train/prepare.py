@@ -17,6 +17,7 @@ from worldpm.data.stream import sources
 from worldpm.errors import UserError
 from worldpm.model.checkpoint import has_reward_head
 from worldpm.model.loader import load_reward_model
+from worldpm.model.lora import LoraExport, apply_lora, check_quantization, lora_settings, quantization_config
 from worldpm.model.reward_model import RewardModel, init_head
 from worldpm.train import checkpointing, distributed
 from worldpm.train.metrics import WANDB_MODES
@@ -58,6 +59,10 @@ def validate(cfg: DictConfig) -> None:
                         f"up to model.max_length={max_length} tokens need {need}; raise it or lower model.max_length")
     if cfg.get("deepspeed") is not None and tcfg.precision == "bf16" and not _bf16_supported():
         raise UserError("trainer.precision=bf16 but this machine has no bf16 support; use trainer.precision=fp32")
+    margin = (cfg.get("loss") or {}).get("margin_column")
+    if margin is not None and not isinstance(margin, str):
+        raise UserError(f"loss.margin_column={margin!r} must be a column name (or score_gap)")
+    check_quantization(lora_settings(cfg.model.get("lora")), cfg.get("deepspeed"))
 
 
 def _bf16_supported() -> bool:
@@ -108,11 +113,13 @@ def resolve_init_from(init_from) -> str | None:
     raise UserError(f"init_from={init_from} is not a reward checkpoint (no config.json in it, its hf/ or final/, or a checkpoint)")
 
 
-def build_model(cfg: DictConfig, ds_config: dict | None) -> tuple[RewardModel, object, dict]:
-    """The RewardModel to train (pretrained / checkpoint weights or random init, a seeded fresh head, in the training dtype),
-    the ZeRO-3 config object transformers must keep seeing while it lives, and a description for logs and state.json."""
+def build_model(cfg: DictConfig, ds_config: dict | None) -> tuple[RewardModel, object, dict, LoraExport | None]:
+    """The RewardModel to train (pretrained / checkpoint weights or random init, a seeded fresh head, in the training dtype,
+    LoRA adapters on a frozen backbone with model.lora.enabled), the ZeRO-3 config object transformers must keep seeing while it
+    lives, a description for logs and state.json, and what a LoRA export needs (None for full fine-tuning)."""
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     model_cfg.pop("train", None)
+    lora = lora_settings(model_cfg.pop("lora", None))
     model_cfg["seed"] = int(cfg.trainer.seed)
     # bf16 under DeepSpeed: load 16-bit weights (ZeRO keeps fp32 masters); PyTorch bf16 = fp32 weights under autocast
     dtype = "bfloat16" if (cfg.trainer.precision == "bf16" and ds_config is not None) else "float32"
@@ -125,7 +132,10 @@ def build_model(cfg: DictConfig, ds_config: dict | None) -> tuple[RewardModel, o
         from transformers.integrations import HfDeepSpeedConfig  # with deepspeed (an optional dependency)
 
         hf_ds_config = HfDeepSpeedConfig(ds_config)  # transformers builds / loads the backbone partitioned (zero.Init)
-    model = load_reward_model(model_cfg, path, device=None, dtype=dtype)  # the engine places it
+    quant = quantization_config(lora, torch.bfloat16 if cfg.trainer.precision == "bf16" else torch.float32)
+    # the engine places the model; a quantised backbone is placed as it loads (bitsandbytes weights do not move)
+    model = load_reward_model(model_cfg, path, device=None, dtype=dtype, quantization_config=quant,
+                              device_map={"": torch.cuda.current_device()} if quant else None)
     fresh_head = not (path and has_reward_head(str(path)))
     if fresh_head:
         init_fresh_head(model, int(cfg.trainer.seed))
@@ -136,7 +146,14 @@ def build_model(cfg: DictConfig, ds_config: dict | None) -> tuple[RewardModel, o
     embed = sum(numel(p) for p in model.model.get_input_embeddings().parameters())
     info = {"model_name": str(cfg.model.name), "n_params": n_params, "n_params_non_embedding": n_params - embed,
             "init": init_from or model_cfg.get("path") or "random", "fresh_head": fresh_head}
-    return model, hf_ds_config, info
+    export = None
+    if lora is not None:
+        counts = apply_lora(model, lora, bool(cfg.trainer.activation_checkpointing))
+        if quant:
+            model.head.to(torch.cuda.current_device())
+        info.update(lora=lora.as_dict(), **counts)
+        export = LoraExport(lora, info["init"], counts)
+    return model, hf_ds_config, info, export
 
 
 def init_fresh_head(model, seed: int) -> None:
