@@ -346,7 +346,8 @@ def _last_reply(conv: list[dict], key: str) -> str:
 
 
 def _common_prefix(a: str, b: str) -> int:
-    """Where two strings first differ, moved back to the start of a word so that no reply starts mid-word."""
+    """Where two strings first differ, moved back to the start of the word, and the space before it left to the replies
+    (as TRL's extract_prompt does: "The sky is blue." / "The sky is green." -> "The sky is" + " blue." / " green.")."""
     n = 0
     for x, y in zip(a, b):
         if x != y:
@@ -354,7 +355,7 @@ def _common_prefix(a: str, b: str) -> int:
         n += 1
     while n > 0 and not a[n - 1].isspace():
         n -= 1
-    return n
+    return n - 1 if n > 0 and a[n - 1] == " " else n
 
 
 PARSERS: dict[str, Callable[[Mapping, InputFile, Any], Parsed]] = {
@@ -526,6 +527,8 @@ def ingest_file(f: InputFile, db_path: Path, source: str, cfg, stats, progress) 
             where = {"file": f.path, "line": n}
             try:
                 if isinstance(rec, Dropped):
+                    if first and rec.reason == "malformed":  # a first line that is not JSON: not a JSON-lines file at all
+                        raise WrongFile(rec.detail)
                     raise rec
                 parsed = parse(source, rec, f, cfg)
             except WrongFile as exc:
