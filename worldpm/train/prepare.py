@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -99,10 +100,14 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_init_from(init_from) -> str | None:
-    """`init_from`: a reward checkpoint directory, a run directory (its final/ or newest checkpoint), or a step checkpoint."""
+    """`init_from`: a reward checkpoint directory, a run directory (its final/ or newest checkpoint), a step checkpoint, or a
+    hub id (e.g. Qwen/WorldPM-72B, read as it is released)."""
     if not init_from:
         return None
     path = Path(str(init_from))
+    text = str(init_from)
+    if not path.exists() and not text.startswith((".", "/", "~")) and re.fullmatch(r"[\w.-]+/[\w.-]+", text):
+        return text  # a hub id: the loader reads it (worldpm.model.checkpoint.read_config)
     candidates = [path, path / "hf", path / "final"]
     found = checkpointing.complete_checkpoints(path)
     if found:
