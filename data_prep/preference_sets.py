@@ -455,6 +455,7 @@ def records(f: InputFile, cfg, max_row_bytes: int) -> Iterator[tuple[int, Any]]:
             raise CollectError(f"{path}: not a readable parquet file ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
         return
     base = name[:-3] if name.endswith(".gz") else name
+    line_no = 0
     try:
         with _open_text(path) as raw:
             if base.endswith(".json") and raw.read(1024).lstrip().startswith(b"["):  # a JSON list (read whole: such files are small)
@@ -467,7 +468,6 @@ def records(f: InputFile, cfg, max_row_bytes: int) -> Iterator[tuple[int, Any]]:
                     yield i, rec
                 return
             raw.seek(0)
-            line_no = 0
             for line in raw:  # a .json that is really JSON lines is read as such
                 line_no += 1
                 if len(line) > max_row_bytes:
@@ -480,7 +480,7 @@ def records(f: InputFile, cfg, max_row_bytes: int) -> Iterator[tuple[int, Any]]:
                 except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                     yield line_no, Dropped("malformed", f"not valid JSON ({exc})")
     except (EOFError, OSError, zlib.error) as exc:  # gzip: a truncated or corrupt stream
-        raise CollectError(f"{path}: record {locals().get('line_no', 0) + 1}: cannot be read ({type(exc).__name__}: {exc})") from None
+        raise CollectError(f"{path}: record {line_no + 1}: cannot be read ({type(exc).__name__}: {exc})") from None
 
 
 def _hub_records(f: InputFile, cfg) -> Iterator[tuple[int, Any]]:

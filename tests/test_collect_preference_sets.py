@@ -261,3 +261,24 @@ def test_a_bad_record_among_good_ones_is_dropped_with_its_line(tmp_path):
     assert stats["rows"]["records"] == {"read": 4, "record": 1, "dropped": {"malformed": 2, "row_too_large": 1}}
     assert sorted((x["reason"], x["line"]) for x in rejects(tmp_path / "o")) == [("malformed", 2), ("malformed", 3),
                                                                                 ("row_too_large", 4)]
+
+
+def test_a_json_list_file_and_parquet_read_alike(tmp_path):
+    """The same pairs as a JSON list (.json), JSON lines (.jsonl.gz) and parquet give the same shards."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pairs = [{"prompt": f"Question {i}: name a colour.", "chosen": f"Blue, shade {i}.", "rejected": "Chair."} for i in range(6)]
+    (tmp_path / "list").mkdir()
+    (tmp_path / "list" / "pairs.json").write_text(json.dumps(pairs, indent=1))
+    (tmp_path / "gz").mkdir()
+    with gzip.open(tmp_path / "gz" / "pairs.jsonl.gz", "wt") as f:
+        f.write("".join(json.dumps(p) + "\n" for p in pairs))
+    (tmp_path / "pq").mkdir()
+    pq.write_table(pa.Table.from_pylist(pairs), tmp_path / "pq" / "pairs.parquet")
+    outs = []
+    for kind in ("list", "gz", "pq"):
+        stats = collect(tmp_path / f"o-{kind}", "preference", tmp_path / kind, "dedup.near.enabled=false")
+        assert stats["rows"]["records"] == {"read": 6, "record": 6, "dropped": {}}
+        outs.append({s: [r["id"] for r in v] for s, v in rows(tmp_path / f"o-{kind}").items()})
+    assert outs[0] == outs[1] == outs[2] and sum(len(v) for v in outs[0].values()) == 6

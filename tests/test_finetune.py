@@ -179,6 +179,17 @@ def test_lora_under_zero3_on_two_ranks_exports_a_merged_model(base, hs2, cache, 
     assert (out / "final" / "adapter" / "adapter_model.safetensors").exists()
 
 
+def test_score_gap_margin_trains_bt_with_the_preference_strength(hs2, cache, tmp_path):
+    """loss.margin_column=score_gap: HelpSteer2's |strength| (chosen_score - rejected_score) inside the sigmoid."""
+    args = [*STEPS, "trainer.max_steps=1", "trainer.eval_every=0", "trainer.save_every=0", "trainer.pairs_per_step=4"]
+    run_in_process(hs2, tmp_path / "plain", cache, *args)
+    run_in_process(hs2, tmp_path / "margin", cache, *args, "loss.margin_column=score_gap")
+    plain, margin = metrics(tmp_path / "plain")[0][0], metrics(tmp_path / "margin")[0][0]
+    assert margin["loss"] == pytest.approx(plain["loss"], abs=1e-6)  # the same pairs, the same start: the same plain BT loss
+    assert plain["objective"] == pytest.approx(plain["loss"], abs=1e-6)
+    assert margin["objective"] > margin["loss"] + 0.5  # margins of 1-3 at near-zero reward gaps: a much larger objective
+
+
 def test_data_mix_mixes_forum_pairs_and_a_preference_set_by_weight(data, hs2, cache, tmp_path):
     """`data.mix` end to end: the forum fixture and HelpSteer2 pairs collected by `worldpm collect`, weights 3:1."""
     out = tmp_path / "run"

@@ -154,8 +154,8 @@ def build_model(cfg: DictConfig, ds_config: dict | None) -> tuple[RewardModel, o
     export = None
     if lora is not None:
         counts = apply_lora(model, lora, bool(cfg.trainer.activation_checkpointing))
-        if quant:
-            model.head.to(torch.cuda.current_device())
+        if quant:  # the head trains in fp32 beside the quantised backbone (autocast mixes it with bf16 activations)
+            model.head.to(device=torch.cuda.current_device(), dtype=torch.float32)
         info.update(lora=lora.as_dict(), **counts)
         export = LoraExport(lora, info["init"], counts)
     return model, hf_ds_config, info, export
