@@ -27,5 +27,4 @@ def test_from_the_preference_model_wins_small_and_the_gap_narrows(tmp_path):
     for r in (small, large):                                  # nothing beats the true reward
         assert r["from_scratch"] > bayes and r["from_pm"] > bayes, (r, bayes)
     assert large["from_scratch"] < small["from_scratch"] and large["from_pm"] < small["from_pm"]  # more data helps both
-    assert result["pm_zero_shot"] < 0.69  # the PM already knows the shared part of the reward
     assert "| 1,024 |" in (out / "gap.md").read_text() and (out / "gap.png").stat().st_size > 0
