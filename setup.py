@@ -38,14 +38,16 @@ install_requires = [
 # The remote reward functions (worldpm.serve.reward_funcs against a running `worldpm serve`) need no extra: their HTTP client
 # is the standard library's, so they work in a plain TRL or OpenRLHF environment.
 extras = {
-    "train": ["deepspeed>=0.19.8,<0.20", "wandb>=0.31,<0.32", "hydra-submitit-launcher>=1.2,<2"],
+    "train": ["deepspeed>=0.19.8,<0.20", "wandb>=0.31,<0.32", "hydra-submitit-launcher>=1.2,<2", "peft>=0.17,<0.22"],
+    # QLoRA (model.lora.quantize=4bit/8bit): needs a CUDA GPU; not part of `all`
+    "qlora": ["bitsandbytes>=0.45"],
     "data": ["lxml>=6.1,<7", "py7zr>=1.1,<2", "zstandard>=0.25,<0.26", "markdownify>=1.2,<2", "html-to-markdown>=3.21,<4",
              "datasketch>=2.0,<3", "xxhash>=4.1,<5"],
     "eval": ["scipy>=1.17,<2", "matplotlib>=3.11,<4"],
     "serve": ["fastapi>=0.165,<0.166", "uvicorn>=0.54,<0.55"],
     "dev": ["pytest>=9.2,<10", "pytest-timeout>=2.4,<3", "setuptools>=84", "wheel>=0.48", "httpx>=0.28,<0.29"],
 }
-extras["all"] = sorted({dep for deps in extras.values() for dep in deps})
+extras["all"] = sorted({dep for name, deps in extras.items() if name != "qlora" for dep in deps})
 
 setup(
     name="worldpm",

@@ -11,7 +11,8 @@ import json
 from collections import defaultdict
 
 # outcomes of the `rows.<table>` sections that keep the row (the rest, but `read`, are drop reasons)
-KEPT_ROWS = {"question", "answer", "user", "vote", "submission", "comment"}
+KEPT_ROWS = {"question", "answer", "user", "vote", "submission", "comment", "record"}
+FORUMS = ("stackexchange", "reddit")
 
 
 def _outcomes() -> defaultdict:
@@ -89,6 +90,15 @@ def account(stats: Stats, source: str) -> dict:
     question_rows, reply_rows = ("Posts", "question"), ("Posts", "answer")
     if source == "reddit":
         question_rows, reply_rows = ("submissions", "submission"), ("comments", "comment")
+    if source not in FORUMS:  # a preference set: its threads are the distinct prompts of the kept records (and their replies)
+        groups = dict(c.get("prompt_groups", {}))
+        out["prompts"] = {"total": groups.get("total", 0), "records": groups.get("records", 0),
+                          "replies": groups.get("replies", 0),
+                          "duplicate_replies_merged": groups.get("duplicate_replies_merged", 0)}
+        kept = out["rows"].get("records", {}).get("record", 0)
+        identities["prompts: records grouped = rows.records kept"] = out["prompts"]["records"] == kept
+        if "source_split" in c:
+            out["source_split"] = c["source_split"]
 
     def section(block, kept_name, total):
         outcomes = dict(c.get(block, {}))
@@ -96,8 +106,11 @@ def account(stats: Stats, source: str) -> dict:
         out[block] = {"total": total, **kept, "dropped": outcomes}
         identities[f"{block}: total = {kept_name} + dropped"] = total == kept.get(kept_name, 0) + sum(outcomes.values())
 
-    q_total = out["rows"].get(question_rows[0], {}).get(question_rows[1], 0)
-    r_total = out["rows"].get(reply_rows[0], {}).get(reply_rows[1], 0)
+    if source in FORUMS:
+        q_total = out["rows"].get(question_rows[0], {}).get(question_rows[1], 0)
+        r_total = out["rows"].get(reply_rows[0], {}).get(reply_rows[1], 0)
+    else:
+        q_total, r_total = out["prompts"]["total"], out["prompts"]["replies"]
     section("questions", "paired", q_total)
     section("replies", "usable", r_total)
     section("pairs", "sampled", c.get("pairs_possible", {}).get("total", 0))

@@ -1,7 +1,8 @@
 """The blocks of `worldpm collect` (data_prep.pipeline.Block), in job order. Each counts what it keeps and drops; the sections
 it counts into are in its docstring (stats.json adds them up, data_prep.accounting).
 
-  phase 1, one task per input:     SiteReader | RedditFileReader (dump -> row checks -> SQLite store), InputHash
+  phase 1, one task per input:     SiteReader | RedditFileReader (dump -> row checks -> SQLite store)
+                                   | PreferenceFileReader (a preference set's file -> record checks -> store), InputHash
   phase 2, one task per id range:  ThreadReader -> ContaminationFilter -> LengthFilter -> Pairing -> FlaggedPairs
                                    -> MinHashSignature -> ThreadPairsWriter
   phase 3, one process:            ThreadPairsReader -> NearDuplicateFilter -> ExactDedup -> ThreadSplit -> ShardOutput
@@ -18,7 +19,7 @@ import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_prep.pairing import Thread, make_pairs, thread_seed
+from data_prep.pairing import Thread, given_pairs, make_pairs, thread_seed
 from data_prep.pipeline import Block, task_progress
 from data_prep.records import ShardWriter
 
@@ -36,6 +37,7 @@ class ThreadPairs:
     flagged: list[str] = field(default_factory=list)   # ids of the pairs that hold a flagged prompt or reply
     sig: bytes | None = None                           # MinHash of the prompt (dedup.near)
     split: str | None = None                           # train or test (phase 3)
+    source_split: str | None = None                    # a preference set's own split label of the prompt
 
 
 # ------------------------------------------------------------------------------------------------------------------ phase 1
@@ -78,6 +80,26 @@ class RedditFileReader(Block):
         yield from ()
 
 
+class PreferenceFileReader(Block):
+    """One file (or hub dataset) of a preference set -> record checks -> its store (data_prep.preference_sets.ingest_file).
+    Counts `rows.records` (read, record, dropped by reason) and the records' own split labels in `source_split`."""
+
+    name = "read records"
+
+    def __init__(self, source: str, input_file, db: str, cfg):
+        super().__init__()
+        self.source, self.input_file, self.db, self.cfg = source, input_file, db, cfg
+        self.result: dict = {}
+
+    def __call__(self, items=()):
+        from data_prep import preference_sets
+
+        progress = task_progress()
+        self.result = preference_sets.ingest_file(self.input_file, Path(self.db), self.source, self.cfg, self.stats, progress)
+        progress.flush()
+        yield from ()
+
+
 class InputHash(Block):
     """The sha256 of an input file, for manifest.json. Counts nothing."""
 
@@ -99,8 +121,9 @@ class InputHash(Block):
 # ------------------------------------------------------------------------------------------------------------------ phase 2
 class ThreadReader(Block):
     """The threads of one id range of a store, in id order: a question (post) with its replies, HTML converted to markdown on
-    first use. Counts in `questions` the threads it drops before pairing (closed, no answers, ...) and in `replies` their
-    replies and the replies it drops (community wiki, post author, ...)."""
+    first use, or a preference set's prompt with its replies and given pairs. Counts in `questions` the threads it drops before
+    pairing (closed, no answers, ...) and in `replies` their replies and the replies it drops (community wiki, post author,
+    unscored, ...)."""
 
     name = "threads"
 
@@ -115,8 +138,12 @@ class ThreadReader(Block):
         progress = task_progress()
         if self.source == "stackexchange":
             threads = stackexchange.site_threads(self.site, Path(self.db), self.label, self.lo, self.hi, self.cfg, self.stats)
-        else:
+        elif self.source == "reddit":
             threads = reddit.reddit_threads(Path(self.db), self.lo, self.hi, self.cfg, self.stats)
+        else:
+            from data_prep import preference_sets
+
+            threads = preference_sets.prompt_threads(self.source, Path(self.db), self.lo, self.hi, self.cfg, self.stats)
         for thread in threads:
             self.threads += 1
             yield thread
@@ -191,7 +218,8 @@ class LengthFilter(Block):
 
 class Pairing(Block):
     """A thread's usable replies -> pairs (data_prep.pairing.make_pairs: score rule, gap, order rule, at most
-    pairs.max_per_question drawn with a generator seeded from the thread). Counts every reply pair in `pairs_possible` and
+    pairs.max_per_question drawn with a generator seeded from the thread), or, for a preference set's given pairs, those whose
+    replies are both usable (data_prep.pairing.given_pairs). Counts every reply pair (every given pair) in `pairs_possible` and
     under one outcome in `pairs`, and the thread in `questions` as paired or dropped (too few usable replies, no pair passes)."""
 
     name = "pairing"
@@ -202,16 +230,21 @@ class Pairing(Block):
 
     def process(self, thread: Thread) -> ThreadPairs | None:
         n = len(thread.replies)
-        self.stats.add("pairs_possible", "total", n * (n - 1) // 2)
-        if n < 2:
-            self.stats.drop("questions", "fewer_than_2_usable_replies", thread.position)
-            return None
-        rows = make_pairs(thread, thread.replies, self.cfg, self.stats)
+        if thread.given_pairs is not None:
+            self.stats.add("pairs_possible", "total", len(thread.given_pairs))
+            rows = given_pairs(thread, thread.replies, self.cfg, self.stats)
+        else:
+            self.stats.add("pairs_possible", "total", n * (n - 1) // 2)
+            if n < 2:
+                self.stats.drop("questions", "fewer_than_2_usable_replies", thread.position)
+                return None
+            rows = make_pairs(thread, thread.replies, self.cfg, self.stats)
         if not rows:
             self.stats.drop("questions", "no_pair_after_rules", thread.position)
             return None
         self.stats.add("questions", "paired")
-        return ThreadPairs(thread.source, thread.domain, thread.thread_id, thread.prompt, rows, thread.flags)
+        return ThreadPairs(thread.source, thread.domain, thread.thread_id, thread.prompt, rows, thread.flags,
+                           source_split=thread.source_split)
 
 
 class FlaggedPairs(Block):
@@ -364,16 +397,24 @@ def split_of(source: str, domain: str, thread_id: str, test_fraction: float, sal
 
 
 class ThreadSplit(Block):
-    """Train or test by a hash of (split.salt, source, domain, thread id): a thread is never on both sides. Drops nothing."""
+    """Train or test by a hash of (split.salt, source, domain, thread id): a thread is never on both sides. For a preference
+    set (`by_prompt`) the hash is of the prompt alone (its thread id), the same in every set and run; with `use_source_split`
+    a prompt the set itself labels keeps its label (test when it has both). Drops nothing."""
 
     name = "thread split"
 
-    def __init__(self, test_fraction: float, salt: str):
+    def __init__(self, test_fraction: float, salt: str, by_prompt: bool = False, use_source_split: bool = False):
         super().__init__()
         self.test_fraction, self.salt = float(test_fraction), str(salt)
+        self.by_prompt, self.use_source_split = by_prompt, use_source_split
 
     def process(self, rec: ThreadPairs) -> ThreadPairs:
-        rec.split = split_of(rec.source, rec.domain, rec.thread_id, self.test_fraction, self.salt)
+        if self.use_source_split and rec.source_split:
+            rec.split = rec.source_split
+        elif self.by_prompt:
+            rec.split = split_of("prompt", "", rec.thread_id, self.test_fraction, self.salt)
+        else:
+            rec.split = split_of(rec.source, rec.domain, rec.thread_id, self.test_fraction, self.salt)
         return rec
 
 

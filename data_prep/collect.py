@@ -1,4 +1,4 @@
-"""`worldpm collect`: forum dumps -> PairRecord shards, every input row accounted for.
+"""`worldpm collect`: forum dumps and preference sets -> PairRecord shards, every input row accounted for.
 
 The job is a list of blocks (data_prep.blocks: readers -> filters -> writers, each counting what it kept and dropped, with a
 reason) run in three phases (data_prep.pipeline):
@@ -8,6 +8,11 @@ reason) run in three phases (data_prep.pipeline):
                                                              audit -> length bounds -> pairing (seeded from the thread) -> MinHash
   phase 3, one process, in canonical order (site, thread id): near-duplicate threads -> exact pair dedup -> thread-hash split ->
                                                              train/test shards, stats.json, rejects.jsonl, manifest.json (last)
+
+A preference set (data_prep.preference_sets: HelpSteer2, UltraFeedback, Skywork, RLHFlow, SHP, HH-RLHF, TRL's formats) runs the
+same phases: phase 1 reads each file's records into a store, the stores are merged with one thread per distinct prompt, phase 2
+pairs (or takes the set's pairs) per prompt, phase 3 is unchanged except that the split hashes the prompt alone, or keeps the
+set's own split labels (source.use_source_split).
 
 The tasks of phases 1 and 2 depend only on the data (`partitions` id ranges per store, not `workers`), and phase 3 reads their
 results in a fixed order, so the output is identical for any number of workers.
@@ -25,11 +30,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from data_prep.accounting import Stats, account
 from data_prep.blocks import (ContaminationFilter, ExactDedup, FlaggedPairs, InputHash, LengthFilter, MinHashSignature,
-                              NearDuplicateFilter, Pairing, RedditFileReader, ShardOutput, SiteReader, ThreadPairsReader,
-                              ThreadPairsWriter, ThreadReader, ThreadSplit)
+                              NearDuplicateFilter, Pairing, PreferenceFileReader, RedditFileReader, ShardOutput, SiteReader,
+                              ThreadPairsReader, ThreadPairsWriter, ThreadReader, ThreadSplit)
 from data_prep.entry import check, hydra_entry
 from data_prep.errors import CollectError
 from data_prep.pipeline import Block, describe, run_blocks, run_phase, shared
+from data_prep.preference_sets import SETS
 from data_prep.records import clear_output_dir, write_json_atomic, write_jsonl_atomic
 
 log = logging.getLogger("worldpm.collect")
@@ -74,9 +80,12 @@ def _readers(source: str, found, work: Path, scfg: SimpleNamespace, stats: Stats
         total = sum((s.tables[t].size or 0) for s in found for t in s.tables
                     if t == "Posts" or (t == "Users" and scfg.read_users) or (t == "Votes" and scfg.read_votes))
         return [SiteReader(s, str(work / f"site-{i:04d}.sqlite"), scfg) for i, s in enumerate(found)], total
-    subs, coms = found
-    return [RedditFileReader(str(f), "submissions" if f in subs else "comments", str(work / f"file-{i:04d}.sqlite"), scfg)
-            for i, f in enumerate(subs + coms)], None
+    if source == "reddit":
+        subs, coms = found
+        return [RedditFileReader(str(f), "submissions" if f in subs else "comments", str(work / f"file-{i:04d}.sqlite"), scfg)
+                for i, f in enumerate(subs + coms)], None
+    log.info("%s: %d input%s: %s", source, len(found), "s" * (len(found) != 1), ", ".join(f.path for f in found[:8]))
+    return [PreferenceFileReader(source, f, str(work / f"records-{i:04d}.sqlite"), scfg) for i, f in enumerate(found)], None
 
 
 def _stores(source: str, found, results: list[dict], work: Path, stats: Stats) -> list[dict]:
@@ -84,10 +93,17 @@ def _stores(source: str, found, results: list[dict], work: Path, stats: Stats) -
     if source == "stackexchange":
         return [{"site": site.site, "db": r["db"], "label": site.tables["Posts"].label, "db_bytes": r["db_bytes"]}
                 for site, r in zip(found, results)]
-    from data_prep.reddit import merge_stores
+    if source == "reddit":
+        from data_prep.reddit import merge_stores
 
-    db = work / "reddit.sqlite"
-    merge_stores([r for r in results if "kind" in r], db, stats)
+        db = work / "reddit.sqlite"
+        merge_stores([r for r in results if "kind" in r], db, stats)
+    else:
+        from data_prep.preference_sets import merge_stores
+
+        db = work / "prompts.sqlite"
+        n = merge_stores([r for r in results if "db" in r], db)
+        log.info("%s: %d distinct prompts", source, n)
     return [{"site": None, "db": str(db), "label": None, "db_bytes": db.stat().st_size}]
 
 
@@ -97,7 +113,7 @@ def _id_ranges(source: str, stores: list[dict], partitions: int, work: Path,
     from data_prep.store import partition_bounds
 
     ranges = []
-    thread_table = "questions" if source == "stackexchange" else "posts"
+    thread_table = {"stackexchange": "questions", "reddit": "posts"}.get(source, "threads")
     for u, store in enumerate(stores):
         for p, (lo, hi) in enumerate(partition_bounds(Path(store["db"]), thread_table, partitions)):
             ranges.append((ThreadReader(source, store["db"], lo, hi, scfg, store["site"], store["label"]),
@@ -173,8 +189,13 @@ def _discover(cfg: DictConfig) -> tuple:
     if cfg.source.name == "stackexchange":
         sites = discover_stackexchange(path, cfg.source.site)
         return sites, sorted({str(f) for s in sites for f in s.files})
-    subs, coms = discover_reddit(path)
-    return (subs, coms), [str(f) for f in subs + coms]
+    if cfg.source.name == "reddit":
+        subs, coms = discover_reddit(path)
+        return (subs, coms), [str(f) for f in subs + coms]
+    from data_prep.preference_sets import discover
+
+    files = discover(str(cfg.source.path), cfg.source.name, cfg.source)
+    return files, [f.path for f in files if not f.hub]
 
 
 def _work_dir(cfg: DictConfig, out_dir: Path) -> Path:
@@ -191,10 +212,22 @@ def _block_configs(cfg: DictConfig) -> tuple[SimpleNamespace, SimpleNamespace]:
     src = OmegaConf.to_container(cfg.source, resolve=True)
     src["read_votes"] = bool(src.get("read_votes")) or cfg.pairs.score_rule == "stackllama_votes"
     pairs = OmegaConf.to_container(cfg.pairs, resolve=True)
-    if pairs["order_rule"] == "auto":
-        pairs["order_rule"] = src.get("order_rule")
+    for key in ("order_rule", "max_per_question", "min_score_gap"):  # auto: what the source's config says
+        if pairs[key] == "auto":
+            pairs[key] = src.get(key)
     src["score_rule"] = pairs["score_rule"]  # the store's cheap "can this thread pair at all" test depends on it
     return SimpleNamespace(**src), SimpleNamespace(**pairs)
+
+
+def _use_source_split(cfg: DictConfig, stats: Stats) -> bool:
+    """A preference set's own split is kept when asked for and when it has a test side at all (a set published as one train
+    split is split by a hash of the prompt instead)."""
+    if cfg.source.name not in SETS or not cfg.source.get("use_source_split"):
+        return False
+    use = stats.counts.get("source_split", {}).get("test", 0) > 0
+    log.info("split: %s", "the set's own train/test labels (a prompt labelled both goes to test)" if use else
+             f"no test labels in the set: a hash of the prompt, split.test_fraction={cfg.split.test_fraction}")
+    return use
 
 
 def run(cfg: DictConfig) -> dict:
@@ -204,7 +237,7 @@ def run(cfg: DictConfig) -> dict:
         return run_synthetic(cfg)
     from data_prep.contamination import NgramIndex
 
-    out_dir = Path(str(cfg.output_dir))
+    source, out_dir = cfg.source.name, Path(str(cfg.output_dir))
     found, input_files = _discover(cfg)
     index = NgramIndex.from_files(list(cfg.contamination.benchmarks or []), int(cfg.contamination.ngram),
                                   int(cfg.contamination.min_words))
@@ -212,21 +245,20 @@ def run(cfg: DictConfig) -> dict:
     _prepare_output(out_dir, bool(cfg.overwrite))
     work = _work_dir(cfg, out_dir)
     try:
-        return _collect(cfg, found, input_files, index, out_dir, work, t_start)
+        return _collect(cfg, source, out_dir, found, input_files, index, work, t_start)
     except BaseException:  # a failure (or Ctrl-C) leaves no scratch and no shards without a manifest behind
         if cfg.keep_work:
             log.warning("collect failed; its scratch stores are kept in %s (keep_work=true); they cannot be resumed from", work)
         else:
             shutil.rmtree(work, ignore_errors=True)
         clear_output_dir(out_dir, OUTPUT_NAMES)
-        if created and not any(out_dir.iterdir()):
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
             out_dir.rmdir()
         raise
 
 
-def _collect(cfg: DictConfig, found, input_files: list[str], index, out_dir: Path, work: Path, t_start: float) -> dict:
-    """The three phases (module docstring); returns the manifest, written last."""
-    source = cfg.source.name
+def _collect(cfg: DictConfig, source: str, out_dir: Path, found, input_files: list[str], index, work: Path,
+             t_start: float) -> dict:
     scfg, pcfg = _block_configs(cfg)
     ccfg, near = cfg.contamination, cfg.dedup.near
     workers, max_rejects = int(cfg.workers), int(cfg.rejects.max_per_reason)
@@ -259,7 +291,8 @@ def _collect(cfg: DictConfig, found, input_files: list[str], index, out_dir: Pat
     write_job = [ThreadPairsReader([r["out"] for r in results]),
                  NearDuplicateFilter(bool(near.enabled), work / "near.sqlite", near.num_perm, near.threshold),
                  ExactDedup(bool(cfg.dedup.exact), work / "exact.sqlite"),
-                 ThreadSplit(cfg.split.test_fraction, cfg.split.salt),
+                 ThreadSplit(cfg.split.test_fraction, cfg.split.salt, by_prompt=source in SETS,
+                             use_source_split=_use_source_split(cfg, stats)),
                  output]
     log.info("phase 2 done in %.1fs: %d threads with pairs; phase 3: %s", timings["pair"]["seconds"],
              sum(r["records"] for r in results), describe(write_job))

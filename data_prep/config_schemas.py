@@ -1,5 +1,6 @@
-"""The schemas of data_prep's configs: `worldpm collect` (configs/collect.yaml with one configs/source/<name>.yaml), and the
-tools `python -m data_prep.nested` and `python -m data_prep.synthetic`. Types and constraints live here; the defaults and what
+"""The schemas of data_prep's configs: `worldpm collect` (configs/collect.yaml with one configs/source/<name>.yaml: a forum
+dump, a public preference set, or the synthetic ground truth), and the tools `python -m data_prep.nested` and
+`python -m data_prep.synthetic`. Types and constraints live here; the defaults and what
 each key means live in the YAML files. See data_prep/schema.py for how they are checked.
 """
 from __future__ import annotations
@@ -11,6 +12,7 @@ from omegaconf import DictConfig
 
 from data_prep.html_markdown import CONVERTERS
 from data_prep.pairing import SCORE_RULES
+from data_prep.preference_sets import SETS
 from data_prep.schema import MISSING, ConstraintError, register, section, setting
 
 
@@ -28,6 +30,8 @@ class StackExchangeSource:
     converter: str = setting(choices=CONVERTERS)
     max_row_bytes: int = setting(min=1)
     order_rule: Optional[str] = setting(choices=(None, "preferred_not_earlier"))
+    max_per_question: Optional[int] = setting(min=1)  # what pairs.max_per_question=auto means for this source
+    min_score_gap: float = setting(min=0)  # what pairs.min_score_gap=auto means for this source
 
 
 @dataclass
@@ -44,6 +48,8 @@ class RedditSource:
     strip_link_urls: bool = setting()
     max_row_bytes: int = setting(min=1)
     order_rule: Optional[str] = setting(choices=(None, "preferred_not_earlier"))
+    max_per_question: Optional[int] = setting(min=1)
+    min_score_gap: float = setting(min=0)
 
 
 @dataclass
@@ -58,17 +64,73 @@ class SyntheticSource:
     nested_sizes: list[int] = setting(min=1)
     nested_dir: Optional[str] = setting(path="output")
     max_rows_per_shard: int = setting(min=1)
+    world: str = setting(choices=("forum", "finetune"))
+    shared_weight: float = setting()
 
 
-SOURCES: dict[str, type] = {"stackexchange": StackExchangeSource, "reddit": RedditSource, "synthetic": SyntheticSource}
+@dataclass
+class PreferenceSetSource:
+    """What every public preference set shares (configs/source/<set>.yaml; data_prep/preference_sets.py reads them)."""
+
+    name: str = setting(choices=SETS)
+    path: str = setting(path="local_or_hub")  # a file, a directory, or a hub id
+    max_per_question: Optional[int] = setting(min=1)
+    min_score_gap: float = setting(min=0)
+    use_source_split: bool = setting()
+    hub_name: Optional[str] = setting()
+    hub_data_files: Any = setting()  # null, a file or a list of files
+    hub_split: str = setting()
+    max_row_bytes: int = setting(min=1)
+    order_rule: Optional[str] = setting(choices=(None,))
+
+
+HELPSTEER2_RATINGS = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
+
+
+@dataclass
+class HelpSteer2Source(PreferenceSetSource):
+    kind: str = setting(choices=("preference", "ratings"))
+    attribute_weights: dict[str, float] = setting({})
+
+
+@dataclass
+class UltraFeedbackSource(PreferenceSetSource):
+    score: str = setting(choices=("overall_score", "fine-grained_score", "annotations"))
+
+
+@dataclass
+class ShpSource(PreferenceSetSource):
+    min_score_ratio: float = setting(min=1)
+
+
+@dataclass
+class PreferenceFields:
+    prompt: str = setting()
+    chosen: str = setting()
+    rejected: str = setting()
+    chosen_score: Optional[str] = setting()
+    rejected_score: Optional[str] = setting()
+    split: Optional[str] = setting()
+    domain: Optional[str] = setting()
+
+
+@dataclass
+class GenericPreferenceSource(PreferenceSetSource):
+    fields: PreferenceFields = section(PreferenceFields)
+
+
+SOURCES: dict[str, type] = {"stackexchange": StackExchangeSource, "reddit": RedditSource, "synthetic": SyntheticSource,
+                            "helpsteer2": HelpSteer2Source, "ultrafeedback": UltraFeedbackSource, "skywork": PreferenceSetSource,
+                            "rlhflow": PreferenceSetSource, "shp": ShpSource, "hh_rlhf": PreferenceSetSource,
+                            "preference": GenericPreferenceSource}
 
 
 # ---------------------------------------------------------------------------------------------------------------- collect
 @dataclass
 class Pairs:
-    max_per_question: Optional[int] = setting(min=1)
+    max_per_question: Any = setting()  # an integer >= 1, null (all pairs) or auto (the source's); checked in check_collect
     score_rule: str = setting(choices=SCORE_RULES)
-    min_score_gap: float = setting(above=0)
+    min_score_gap: Any = setting()  # a number >= 0 or auto (the source's); checked in check_collect
     min_reply_chars: int = setting(min=0)
     max_reply_chars: Optional[int] = setting(min=1)
     order_rule: Optional[str] = setting(choices=(None, "auto", "preferred_not_earlier"))
@@ -134,8 +196,31 @@ class CollectConfig:
 def check_collect(cfg: DictConfig) -> None:
     if not str(cfg.output_dir).strip():
         raise ConstraintError("output_dir is empty")
-    if cfg.pairs.score_rule == "stackllama_votes" and cfg.source.name != "stackexchange":
+    pairs, name = cfg.pairs, cfg.source.name
+    if not (pairs.max_per_question in (None, "auto") or _count(pairs.max_per_question) and pairs.max_per_question >= 1):
+        raise ConstraintError(f"pairs.max_per_question={pairs.max_per_question!r} must be an integer >= 1, null (all) or auto")
+    if not (pairs.min_score_gap == "auto" or _number(pairs.min_score_gap) and pairs.min_score_gap >= 0):
+        raise ConstraintError(f"pairs.min_score_gap={pairs.min_score_gap!r} must be a number >= 0 (0: any difference) or auto")
+    if pairs.score_rule == "stackllama_votes" and name != "stackexchange":
         raise ConstraintError("pairs.score_rule=stackllama_votes needs Stack Exchange Votes.xml (source=stackexchange)")
+    if name in SETS and pairs.score_rule != "net":
+        raise ConstraintError(f"pairs.score_rule={pairs.score_rule} is a forum vote rule; source={name} pairs by its own scores "
+                              "(use pairs.score_rule=net)")
+    if name == "helpsteer2":
+        weights = dict(cfg.source.attribute_weights)
+        unknown = sorted(set(weights) - set(HELPSTEER2_RATINGS))
+        if unknown:
+            raise ConstraintError(f"source.attribute_weights.{unknown[0]}: HelpSteer2 rates {', '.join(HELPSTEER2_RATINGS)}")
+        if not any(weights.values()):
+            raise ConstraintError(f"source.attribute_weights={weights} must not all be 0")
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 register("collect", CollectConfig, check_collect, variants={"source": SOURCES})

@@ -69,6 +69,12 @@ class Thread:
     meta: dict = field(default_factory=dict)
     position: dict = field(default_factory=dict)   # file and line, for rejects.jsonl
     flags: set[str] = field(default_factory=set)    # set by the contamination audit in mode flag: "prompt", "replies"
+    # preference sets (data_prep.preference_sets): the prompt as turns (`prompt` is then their text, for the audit and dedup),
+    # the pairs the set gives as (chosen id, rejected id, chosen score, rejected score, meta) or None (pair by score), and the
+    # set's own split label of the prompt
+    messages: list[dict] | None = None
+    given_pairs: list[tuple] | None = None
+    source_split: str | None = None
 
 
 # pairs.score_rule: how a reply's evidence becomes the score pairs are made on (effective_score)
@@ -162,6 +168,33 @@ def make_pairs(thread: Thread, replies: list[Reply], cfg, stats: Stats) -> list[
     stats.add("pairs", "equal_score", equal)
     stats.add("pairs", "score_gap_below_min", below_gap)
     stats.add("pairs", "preferred_written_earlier", earlier)
+    candidates = _at_most(candidates, thread, cfg, stats)
+    rows = []
+    prompt = _prompt(thread)
+    for c, r in candidates:
+        chosen, rejected = replies[c], replies[r]
+        meta = {**thread.meta, "score_rule": rule,
+                "chosen": {"id": chosen.id, "score": chosen.score, "accepted": chosen.accepted, **chosen.meta},
+                "rejected": {"id": rejected.id, "score": rejected.score, "accepted": rejected.accepted, **rejected.meta}}
+        rows.append(_row(thread, prompt, chosen, rejected, scores[c], scores[r], meta))
+    return rows
+
+
+def _prompt(thread: Thread) -> list[dict]:
+    return thread.messages or [{"role": "user", "content": thread.prompt}]
+
+
+def _row(thread: Thread, prompt: list[dict], chosen: Reply, rejected: Reply, chosen_score: float, rejected_score: float,
+         meta: dict) -> dict:
+    return {"id": pair_id(thread.source, f"{thread.domain}/{thread.thread_id}", chosen.id, rejected.id),
+            "source": thread.source, "domain": thread.domain, "thread_id": thread.thread_id, "prompt": prompt,
+            "chosen": chosen.text, "rejected": rejected.text, "chosen_score": float(chosen_score),
+            "rejected_score": float(rejected_score), "meta": _META_JSON.encode(meta)}
+
+
+def _at_most(candidates: list, thread: Thread, cfg, stats: Stats) -> list:
+    """At most pairs.max_per_question of the candidates, drawn with a generator seeded from the thread (the rest counted in
+    `pairs` as over_max_per_question); the kept ones counted as sampled."""
     limit = cfg.max_per_question
     if limit is not None and len(candidates) > int(limit):
         rng = random.Random(thread_seed(int(cfg.seed), thread.source, thread.domain, thread.thread_id))
@@ -169,18 +202,28 @@ def make_pairs(thread: Thread, replies: list[Reply], cfg, stats: Stats) -> list[
         stats.add("pairs", "over_max_per_question", len(candidates) - len(picked))
         candidates = [candidates[k] for k in picked]
     stats.add("pairs", "sampled", len(candidates))
+    return candidates
+
+
+def given_pairs(thread: Thread, replies: list[Reply], cfg, stats: Stats) -> list[dict]:
+    """PairRecord rows of the pairs a preference set gives for one prompt. Every given pair is counted in block `pairs` under
+    one outcome: duplicate_pair (given twice), reply_dropped (a reply of it was dropped: contamination, length bounds),
+    over_max_per_question or sampled."""
+    usable = {r.id: r for r in replies}
+    seen, candidates = set(), []
+    for pair in thread.given_pairs:
+        cid, rid = pair[0], pair[1]
+        if (cid, rid) in seen:
+            stats.add("pairs", "duplicate_pair")
+        elif cid not in usable or rid not in usable:
+            stats.add("pairs", "reply_dropped")
+        else:
+            candidates.append(pair)
+        seen.add((cid, rid))
     rows = []
-    prompt = [{"role": "user", "content": thread.prompt}]
-    for c, r in candidates:
-        chosen, rejected = replies[c], replies[r]
-        meta = {**thread.meta, "score_rule": rule,
-                "chosen": {"id": chosen.id, "score": chosen.score, "accepted": chosen.accepted, **chosen.meta},
-                "rejected": {"id": rejected.id, "score": rejected.score, "accepted": rejected.accepted, **rejected.meta}}
-        rows.append({
-            "id": pair_id(thread.source, f"{thread.domain}/{thread.thread_id}", chosen.id, rejected.id),
-            "source": thread.source, "domain": thread.domain, "thread_id": thread.thread_id, "prompt": prompt,
-            "chosen": chosen.text, "rejected": rejected.text,
-            "chosen_score": scores[c], "rejected_score": scores[r],
-            "meta": _META_JSON.encode(meta),
-        })
+    prompt = _prompt(thread)
+    for cid, rid, cs, rs, pair_meta in _at_most(candidates, thread, cfg, stats):
+        chosen, rejected = usable[cid], usable[rid]
+        meta = {**thread.meta, **pair_meta, "chosen": {"id": cid, **chosen.meta}, "rejected": {"id": rid, **rejected.meta}}
+        rows.append(_row(thread, prompt, chosen, rejected, cs, rs, meta))
     return rows

@@ -21,6 +21,16 @@ Bayes loss (written to stats.json and manifest.json, per split):
 - expected  (`bayes_bt_loss_expected`): mean over pairs of H(sigmoid(r*(a) - r*(b))), H the binary entropy in nats: the
   same loss averaged over label draws.
 
+Two worlds that share structure (the paper's fine-tuning experiment at CI scale). `world=forum` (default) is the above.
+`world=finetune` is a second world: its replies draw feature words from FEATURE_WEIGHTS and from OWN_WEIGHTS (six words
+that are neutral filler in the forum world), and its true reward is
+
+    r_B(reply) = scale * (shared_weight * sum_w FEATURE_WEIGHTS[w] * count(w) + sum_w OWN_WEIGHTS[w] * count(w))
+
+so a model trained on the forum world already knows the shared part (for shared_weight > 0) and must learn only the world's
+own part, while a model trained from scratch must learn both. Its prompts ("Review the change to the ...") and thread ids are
+its own, and its Bayes loss is computed from r_B like the forum world's (scripts/finetune_gap.py runs the experiment).
+
 Determinism and nesting: thread t (one prompt, `pairs_per_thread` pairs) is generated from its own seeded RNG and assigned
 to test with probability `test_fraction` by another, so the output depends only on (seed, parameters), and a dataset of n
 pairs is the first n pairs of any larger one with the same seed. `nested_sizes` also writes datasets of the first n train
@@ -54,6 +64,9 @@ FEATURE_WEIGHTS: dict[str, float] = {
     "valid": 1.0, "useful": 1.0, "complete": 1.0, "simple": 0.5, "example": 0.5, "details": 0.5,
     "invalid": -1.0, "error": -1.0, "fail": -1.0, "unavailable": -0.5, "ignored": -0.5, "cannot": -0.5,
 }
+# The finetune world's own reward (words that are neutral filler in the forum world; single tokens in both tokenizers).
+OWN_WEIGHTS: dict[str, float] = {"check": 1.0, "result": 1.0, "version": 0.5, "before": -1.0, "until": -1.0, "while": -0.5}
+WORLDS = ("forum", "finetune")
 # Neutral words (reward 0).
 FILLER = ("about after all also always another any back before between both case check code data each file first from "
           "function have how input into item just key line list make more most name need next number object only open other "
@@ -64,7 +77,15 @@ TOPICS = ("cache", "buffer", "database", "directory", "socket", "server", "threa
           "logger", "iterator", "decorator", "subprocess", "dictionary")
 
 DEFAULTS = {"n_pairs": 20000, "test_fraction": 0.1, "seed": 0, "scale": 1.0, "reply_words": 16, "feature_rate": 0.3,
-            "pairs_per_thread": 2, "nested_sizes": [], "nested_dir": None, "max_rows_per_shard": 50_000}
+            "pairs_per_thread": 2, "nested_sizes": [], "nested_dir": None, "max_rows_per_shard": 50_000, "world": "forum",
+            "shared_weight": 1.0}
+
+
+def world_weights(world: str = "forum", shared_weight: float = 1.0) -> dict[str, float]:
+    """The feature words of a world and their weights in its true reward (before `scale`)."""
+    if world == "forum":
+        return dict(FEATURE_WEIGHTS)
+    return {**{w: shared_weight * v for w, v in FEATURE_WEIGHTS.items()}, **OWN_WEIGHTS}
 
 
 class SyntheticDataError(InputError):
@@ -75,17 +96,17 @@ def words(text: str) -> list[str]:
     return [w.strip(".,;:!?").lower() for w in text.split()]
 
 
-def feature_counts(text: str) -> dict[str, int]:
+def feature_counts(text: str, weights: dict[str, float] = FEATURE_WEIGHTS) -> dict[str, int]:
     counts: dict[str, int] = {}
     for w in words(text):
-        if w in FEATURE_WEIGHTS:
+        if w in weights:
             counts[w] = counts.get(w, 0) + 1
     return counts
 
 
-def true_reward(text: str, scale: float = DEFAULTS["scale"]) -> float:
-    """r*(reply) = scale * sum_w weight[w] * count(w, reply)."""
-    return scale * sum(FEATURE_WEIGHTS[w] * c for w, c in feature_counts(text).items())
+def true_reward(text: str, scale: float = DEFAULTS["scale"], weights: dict[str, float] = FEATURE_WEIGHTS) -> float:
+    """r*(reply) = scale * sum_w weight[w] * count(w, reply) (the forum world's weights unless told otherwise)."""
+    return scale * sum(weights[w] * c for w, c in feature_counts(text, weights).items())
 
 
 def softplus(x: float) -> float:
@@ -108,36 +129,47 @@ def expected_bt_loss(delta: float) -> float:
     return p * softplus(-delta) + (1.0 - p) * softplus(delta)
 
 
-def _reply(rng: random.Random, reply_words: int, feature_rate: float) -> str:
-    features = list(FEATURE_WEIGHTS)
-    out = [rng.choice(FILLER)]
+_FINETUNE_FILLER = tuple(w for w in FILLER if w not in OWN_WEIGHTS)
+
+
+def _reply(rng: random.Random, reply_words: int, feature_rate: float, world: str = "forum") -> str:
+    features = list(FEATURE_WEIGHTS) if world == "forum" else [*FEATURE_WEIGHTS, *OWN_WEIGHTS]
+    filler = FILLER if world == "forum" else _FINETUNE_FILLER
+    out = [rng.choice(filler)]
     for _ in range(reply_words - 1):
-        out.append(rng.choice(features) if rng.random() < feature_rate else rng.choice(FILLER))
+        out.append(rng.choice(features) if rng.random() < feature_rate else rng.choice(filler))
     return " ".join(out) + "."
 
 
-def thread_is_test(seed: int, thread: int, test_fraction: float) -> bool:
-    return random.Random(f"worldpm-synthetic-split:{seed}:{thread}").random() < test_fraction
+def _world_tag(world: str) -> str:
+    return "" if world == "forum" else f"-{world}"
 
 
-def generate_thread(seed: int, thread: int, n: int, *, scale: float, reply_words: int,
-                    feature_rate: float) -> list[tuple[dict, float, float]]:
+def thread_is_test(seed: int, thread: int, test_fraction: float, world: str = "forum") -> bool:
+    return random.Random(f"worldpm-synthetic{_world_tag(world)}-split:{seed}:{thread}").random() < test_fraction
+
+
+def generate_thread(seed: int, thread: int, n: int, *, scale: float, reply_words: int, feature_rate: float,
+                    world: str = "forum", shared_weight: float = 1.0) -> list[tuple[dict, float, float]]:
     """The first n pairs of thread `thread`, independent of how many threads or pairs follow: (PairRecord, true reward of
     chosen, true reward of rejected) each; the rewards are also in the record's meta."""
-    rng = random.Random(f"worldpm-synthetic:{seed}:{thread}")
-    thread_id = f"synthetic-{seed}-{thread}"
-    prompt = [{"role": "user", "content": f"Write a short note about the {rng.choice(TOPICS)}."}]
+    tag = _world_tag(world)
+    weights = world_weights(world, shared_weight)
+    rng = random.Random(f"worldpm-synthetic{tag}:{seed}:{thread}")
+    thread_id = f"synthetic{tag}-{seed}-{thread}"
+    template = "Write a short note about the {}." if world == "forum" else "Review the change to the {}."
+    prompt = [{"role": "user", "content": template.format(rng.choice(TOPICS))}]
     rows = []
     for k in range(n):
-        a, b = _reply(rng, reply_words, feature_rate), _reply(rng, reply_words, feature_rate)
-        ra, rb = true_reward(a, scale), true_reward(b, scale)
+        a, b = _reply(rng, reply_words, feature_rate, world), _reply(rng, reply_words, feature_rate, world)
+        ra, rb = true_reward(a, scale, weights), true_reward(b, scale, weights)
         p_a = sigmoid(ra - rb)
         a_wins = rng.random() < p_a
         (chosen, r_c, cid), (rejected, r_r, rid) = ((a, ra, "a"), (b, rb, "b")) if a_wins else ((b, rb, "b"), (a, ra, "a"))
         meta = {"pair_index": k, "reward_chosen": r_c, "reward_rejected": r_r, "p_chosen": sigmoid(r_c - r_r),
-                "delta_ab": ra - rb, "features_chosen": feature_counts(chosen), "features_rejected": feature_counts(rejected),
-                "licence": "synthetic (CC0)"}
-        row = {"id": pair_id(SOURCE, thread_id, f"{k}{cid}", f"{k}{rid}"), "source": SOURCE, "domain": "synthetic",
+                "delta_ab": ra - rb, "features_chosen": feature_counts(chosen, weights),
+                "features_rejected": feature_counts(rejected, weights), "licence": "synthetic (CC0)"}
+        row = {"id": pair_id(SOURCE, thread_id, f"{k}{cid}", f"{k}{rid}"), "source": SOURCE, "domain": f"synthetic{tag}",
                "thread_id": thread_id, "prompt": prompt, "chosen": chosen, "rejected": rejected,
                "chosen_score": 1.0, "rejected_score": 0.0, "meta": json.dumps(meta, sort_keys=True)}
         rows.append((row, r_c, r_r))
@@ -145,16 +177,16 @@ def generate_thread(seed: int, thread: int, n: int, *, scale: float, reply_words
 
 
 def generate(n_pairs: int, seed: int, test_fraction: float, *, scale: float, reply_words: int, feature_rate: float,
-             pairs_per_thread: int):
+             pairs_per_thread: int, world: str = "forum", shared_weight: float = 1.0):
     """Yield (split, PairRecord, true reward of chosen, true reward of rejected) for the first n_pairs pairs of the stream,
     threads in order."""
     thread = 0
     left = n_pairs
     while left > 0:
         n = min(pairs_per_thread, left)
-        split = "test" if thread_is_test(seed, thread, test_fraction) else "train"
+        split = "test" if thread_is_test(seed, thread, test_fraction, world) else "train"
         for row, r_chosen, r_rejected in generate_thread(seed, thread, n, scale=scale, reply_words=reply_words,
-                                                         feature_rate=feature_rate):
+                                                         feature_rate=feature_rate, world=world, shared_weight=shared_weight):
             yield split, row, r_chosen, r_rejected
         left -= n
         thread += 1
@@ -190,7 +222,12 @@ class BayesMeter:
                 "tie_fraction": self.ties / self.n}
 
 
-def _check(n_pairs, test_fraction, seed, scale, reply_words, feature_rate, pairs_per_thread, nested_sizes) -> None:
+def _check(n_pairs, test_fraction, seed, scale, reply_words, feature_rate, pairs_per_thread, nested_sizes, world="forum",
+           shared_weight=1.0) -> None:
+    if world not in WORLDS:
+        raise SyntheticDataError(f"world={world!r} (choose {' or '.join(WORLDS)})")
+    if isinstance(shared_weight, bool) or not isinstance(shared_weight, (int, float)) or not math.isfinite(shared_weight):
+        raise SyntheticDataError(f"shared_weight={shared_weight!r} must be a number")
     def whole(name, v, lo):
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise SyntheticDataError(f"{name}={v!r} must be a whole number >= {lo}")
@@ -213,13 +250,14 @@ def write_synthetic_dataset(output_dir: str | os.PathLike, n_pairs: int = DEFAUL
                             scale: float = DEFAULTS["scale"], reply_words: int = DEFAULTS["reply_words"],
                             feature_rate: float = DEFAULTS["feature_rate"], pairs_per_thread: int = DEFAULTS["pairs_per_thread"],
                             nested_sizes: Sequence[int] = (), nested_dir: str | os.PathLike | None = None,
-                            max_rows_per_shard: int = DEFAULTS["max_rows_per_shard"], overwrite: bool = False) -> dict:
+                            max_rows_per_shard: int = DEFAULTS["max_rows_per_shard"], overwrite: bool = False,
+                            world: str = DEFAULTS["world"], shared_weight: float = DEFAULTS["shared_weight"]) -> dict:
     """Write a synthetic PairRecord dataset: train/, test/, stats.json, manifest.json (last). Returns the manifest.
 
     `n_pairs` counts train + test pairs. With `nested_sizes`, also writes `nested_dir/n-{n}` (default `<output_dir>-nested`)
     holding the first n train pairs and the whole test split (data_prep.nested)."""
     nested_sizes = list(nested_sizes or [])
-    _check(n_pairs, test_fraction, seed, scale, reply_words, feature_rate, pairs_per_thread, nested_sizes)
+    _check(n_pairs, test_fraction, seed, scale, reply_words, feature_rate, pairs_per_thread, nested_sizes, world, shared_weight)
     out = Path(output_dir)
     try:
         prepare_output_dir(out, overwrite)
@@ -227,6 +265,8 @@ def write_synthetic_dataset(output_dir: str | os.PathLike, n_pairs: int = DEFAUL
         raise SyntheticDataError(str(exc)) from None
     params = {"n_pairs": n_pairs, "test_fraction": test_fraction, "seed": seed, "scale": scale, "reply_words": reply_words,
               "feature_rate": feature_rate, "pairs_per_thread": pairs_per_thread}
+    if world != "forum":  # the forum world's manifest stays byte-identical to before worlds existed
+        params.update(world=world, shared_weight=shared_weight)
     start = time.time()
     meters = {s: BayesMeter() for s in ("train", "test")}
     threads = {s: set() for s in meters}
@@ -234,7 +274,8 @@ def write_synthetic_dataset(output_dir: str | os.PathLike, n_pairs: int = DEFAUL
     with ShardWriter(out / "train", max_rows_per_shard) as train, ShardWriter(out / "test", max_rows_per_shard) as test:
         writers = {"train": train, "test": test}
         for split, row, r_chosen, r_rejected in _progress(generate(n_pairs, seed, test_fraction, scale=scale, reply_words=reply_words,
-                                             feature_rate=feature_rate, pairs_per_thread=pairs_per_thread), n_pairs):
+                                             feature_rate=feature_rate, pairs_per_thread=pairs_per_thread, world=world,
+                                             shared_weight=shared_weight), n_pairs):
             writers[split].write(row)
             meters[split].add(r_chosen, r_rejected)
             threads[split].add(row["thread_id"])
@@ -245,7 +286,9 @@ def write_synthetic_dataset(output_dir: str | os.PathLike, n_pairs: int = DEFAUL
                                  f"pairs_per_thread={pairs_per_thread}; generate more pairs")
     bayes = {s: m.summary() for s, m in meters.items()}
     reward = {"formula": "r*(reply) = scale * sum_w weights[w] * count(w, reply)", "scale": scale,
-              "weights": dict(FEATURE_WEIGHTS), "label": "P(a chosen over b) = sigmoid(r*(a) - r*(b)), one draw per pair"}
+              "weights": world_weights(world, shared_weight), "label": "P(a chosen over b) = sigmoid(r*(a) - r*(b)), one draw per pair"}
+    if world != "forum":
+        reward.update(world=world, shared_weight=shared_weight, shared_weights=dict(FEATURE_WEIGHTS), own_weights=dict(OWN_WEIGHTS))
     stats = {"source": SOURCE, "input": {"pairs_generated": n_pairs, "threads": len(threads["train"]) + len(threads["test"])},
              "kept": {s: meters[s].n for s in writers}, "threads": {s: len(t) for s, t in threads.items()}, "dropped": {},
              "bayes": bayes, "bayes_bt_loss": bayes["test"]["bt_loss"], "bayes_bt_loss_expected": bayes["test"]["bt_loss_expected"],

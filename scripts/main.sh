@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the embedded default — the sample Stack Exchange site (data_prep/sample) and the tiny model — through every
-# stage: collect -> train -> eval (final model, then every checkpoint) -> scaling -> score -> serve. Outputs under $out.
+# stage: collect -> train -> eval (final model, then every checkpoint) -> scaling -> fine-tune (the shipped HelpSteer2-format
+# sample, from the trained model and from scratch, full and LoRA) -> compare -> score -> serve. Outputs under $out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup_env.sh
@@ -40,6 +41,28 @@ fi
 if [ -d "$out/eval-series" ]; then
   echo "== scaling: held-out and benchmark BT loss vs pairs seen over the checkpoint series, power-law fits -> $out/scaling"
   worldpm scaling "runs=[$out/eval-series]" output_dir="$out/scaling"
+fi
+
+echo "== fine-tune: the shipped HelpSteer2-format sample (data_prep/sample/helpsteer2) -> pairs in $out/hs2, audited against the benchmarks"
+worldpm collect source=helpsteer2 source.path=data_prep/sample/helpsteer2 output_dir="$out/hs2" overwrite=true \
+  "contamination.benchmarks=[worldpm/assets/benchmarks]"
+ft=(data.path="$out/hs2" deepspeed=null trainer.resume=never trainer.max_steps=24 trainer.pairs_per_step=8 trainer.lr=1e-3
+    trainer.save_every=12 trainer.eval_every=12 trainer.log_every=6 wandb.mode=offline)
+if [ -f "$out/train/final/config.json" ]; then
+  echo "   from the trained preference model ($out/train: init_from) and from scratch (model=tiny), the same steps; then LoRA"
+  OMP_NUM_THREADS=1 worldpm train init_from="$out/train" "${ft[@]}" output_dir="$out/finetune/from_worldpm"
+  OMP_NUM_THREADS=1 worldpm train model=tiny "${ft[@]}" output_dir="$out/finetune/from_base"
+  OMP_NUM_THREADS=1 worldpm train init_from="$out/train" model.lora.enabled=true model.lora.r=8 "${ft[@]}" trainer.lr=3e-3 \
+    output_dir="$out/finetune/from_worldpm_lora"
+  hs=(benchmark=[helpsteer2,heldout] benchmark.helpsteer2.path=$b/helpsteer2/preference.jsonl.gz benchmark.heldout.path="$out/hs2"
+      style.enabled=false)
+  for run in from_base from_worldpm from_worldpm_lora; do   # the LoRA export is merged: an ordinary checkpoint
+    worldpm eval model_path="$out/finetune/$run/final" "${hs[@]}" output_dir="$out/finetune/eval/$run"
+  done
+  echo "== compare: fine-tuned from the preference model vs from scratch, paired bootstrap over items -> $out/finetune/compare"
+  worldpm compare a="$out/finetune/eval/from_base" b="$out/finetune/eval/from_worldpm" a_name=from_base b_name=from_worldpm \
+    output_dir="$out/finetune/compare"
+  sed -n '/## Categories/,/## Subtasks/p' "$out/finetune/compare/compare.md"
 fi
 
 echo "== score: the README's two example conversations, and the held-out pairs (accuracy, BT loss) -> $out/score"

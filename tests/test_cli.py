@@ -19,7 +19,7 @@ def test_help_lists_every_verb():
 
     out = worldpm("--help")
     assert out.returncode == 0
-    for verb in ("collect", "train", "eval", "scaling", "score", "serve"):
+    for verb in ("collect", "train", "eval", "scaling", "compare", "score", "serve"):
         assert verb in VERBS and f"  {verb}" in out.stdout
 
 

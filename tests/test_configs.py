@@ -70,9 +70,10 @@ CANONICAL = {
     "scaling": ["runs", "output_dir"],
     "score": ["model_path", "input", "output"],
     "serve": ["model_path", "host", "port", "api_key"],
+    "compare": ["a", "b", "a_name", "b_name", "output_dir"],
 }
 REQUIRED = {"collect": {"source.path", "output_dir"}, "train": {"data.path"}, "eval": {"output_dir"}, "scaling": {"runs", "output_dir"},
-            "score": {"input"}, "serve": set()}
+            "score": {"input"}, "serve": set(), "compare": {"a", "b", "output_dir"}}
 
 
 def _node_and_leaf(cfg, dotted):

@@ -20,6 +20,8 @@ VERBS: dict[str, tuple[str, str, str]] = {
     "eval": ("eval", "worldpm.eval.run:run", "score benchmarks with a checkpoint, write results (model_path=..., benchmark=[...])"),
     "scaling": ("scaling", "worldpm.eval.scaling.run:run",
                 "fit and plot scaling curves from many eval results (runs=[...], output_dir=...)"),
+    "compare": ("compare", "worldpm.eval.compare:run",
+                "two evals of the same items side by side, paired bootstrap CIs of the difference (a=..., b=..., output_dir=...)"),
     "score": ("score", "worldpm.serve.score:run",
               "batch-score a file of conversations (model_path=... or model=..., input=..., output=...)"),
     "serve": ("serve", "worldpm.serve.server:run",

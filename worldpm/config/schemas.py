@@ -43,6 +43,19 @@ class ModelTrain:
 
 
 @dataclass
+class Lora:
+    """LoRA / QLoRA through peft (worldpm/model/lora.py): adapters on a frozen backbone, the reward head trained."""
+
+    enabled: bool = setting()
+    r: int = setting(min=1)
+    alpha: float = setting(above=0)
+    dropout: float = setting(min=0, below=1)
+    target_modules: list[str] = setting()
+    use_rslora: bool = setting()
+    quantize: Optional[str] = setting(choices=(None, "4bit", "8bit"))
+
+
+@dataclass
 class Model:
     name: str = setting()
     path: Optional[str] = setting(path="local_or_hub")
@@ -54,6 +67,7 @@ class Model:
     max_length: int = setting(min=8)
     seed: int = setting()
     arch: dict[str, Any] = setting({})
+    lora: Optional[Lora] = setting(None)
     train: ModelTrain = section(ModelTrain)
 
 
@@ -172,7 +186,7 @@ class TrainConfig:
     model: Model = section(Model)
     deepspeed: Optional[dict[str, Any]] = setting(None)
     output_dir: str = setting(path="output")
-    init_from: Optional[str] = setting(path="exists")
+    init_from: Optional[str] = setting(path="local_or_hub")
     data: Data = section(Data)
     loss: Loss = section(Loss)
     trainer: Trainer = section(Trainer)
@@ -376,3 +390,24 @@ def check_serve(cfg: DictConfig) -> None:
 
 
 register("serve", ServeConfig, check_serve)
+
+
+# ---------------------------------------------------------------------------------------------------------------- compare
+@dataclass
+class CompareConfig:
+    a: str = setting(path="dir")
+    b: str = setting(path="dir")
+    a_name: Optional[str] = setting()
+    b_name: Optional[str] = setting()
+    output_dir: str = setting(path="output")
+    seed: int = setting()
+    bootstrap: Bootstrap = section(Bootstrap)
+    plots: bool = setting()
+
+
+def check_compare(cfg: DictConfig) -> None:
+    if cfg.bootstrap.samples < 100:
+        raise ConstraintError(f"bootstrap.samples={cfg.bootstrap.samples} must be >= 100 for a 95% interval to mean anything")
+
+
+register("compare", CompareConfig, check_compare)

@@ -23,6 +23,8 @@ from worldpm.model.chat_format import ChatEncoder, check_conversation
 log = logging.getLogger("worldpm.train")
 
 TOKENIZATION_VERSION = 1  # bump when the tokenised columns change meaning (invalidates caches)
+# loss.margin_column=score_gap: chosen_score - rejected_score as the margin (e.g. HelpSteer2-Preference's |strength|)
+SCORE_GAP = "score_gap"
 
 
 def _tokenize_batch(batch, encoder: ChatEncoder, margin_column: str | None):
@@ -40,7 +42,9 @@ def _tokenize_batch(batch, encoder: ChatEncoder, margin_column: str | None):
         "tokens": [len(c) + len(r) for c, r in zip(chosen, rejected)],
         "width": [max(len(c), len(r)) for c, r in zip(chosen, rejected)],
     }
-    if margin_column:
+    if margin_column == SCORE_GAP:
+        out["margin"] = [float(c) - float(r) for c, r in zip(batch["chosen_score"], batch["rejected_score"])]
+    elif margin_column:
         out["margin"] = [float(m) for m in batch[margin_column]]
     return out
 
@@ -67,8 +71,9 @@ def load_split(path: Path, split: str, encoder: ChatEncoder, num_proc: int = 1, 
     datasets.disable_progress_bars()
     try:
         raw = datasets.load_dataset("parquet", data_files={split: files}, split=split, cache_dir=cache_dir)
-        if margin_column and margin_column not in raw.column_names:
-            raise UserError(f"loss.margin_column={margin_column!r} is not a column of {path}/{split} (columns: {raw.column_names})")
+        if margin_column and margin_column != SCORE_GAP and margin_column not in raw.column_names:
+            raise UserError(f"loss.margin_column={margin_column!r} is not a column of {path}/{split} (columns: {raw.column_names}, "
+                            f"or {SCORE_GAP}: chosen_score - rejected_score)")
         fingerprint = Hasher.hash([raw._fingerprint, encoder.fingerprint(), margin_column, TOKENIZATION_VERSION])
         tokenised = raw.map(_tokenize_batch, batched=True, batch_size=256, num_proc=num_proc if num_proc > 1 else None,
                             remove_columns=raw.column_names, new_fingerprint=fingerprint,

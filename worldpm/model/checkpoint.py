@@ -109,6 +109,7 @@ def save_checkpoint(out_dir, state_dict: Mapping[str, torch.Tensor], config, tok
                    label2id={"LABEL_0": 0}, pad_token_id=pad_id, eos_token_id=tokenizer.convert_tokens_to_ids(REWARD_TOKEN),
                    use_cache=False, worldpm=asdict(spec))
         cfg.pop("_attn_implementation_autoset", None)
+        cfg.pop("quantization_config", None)  # saved weights are never quantised (a QLoRA export is dequantised and merged)
         cfg.update(legacy_config_fields(cfg))
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         write_tokenizer(tokenizer, tmp)
@@ -224,8 +225,9 @@ def spec_for(path: str, config_dict: dict, head_tensors: Mapping[str, torch.Tens
                     f"(found {sorted(head_tensors) or 'none'}); to start from a base model use model.path={path} (a fresh head)")
 
 
-def load_backbone(path: str, dtype, attn_implementation: str, device_map=None):
-    """The base model of `path` (a checkpoint or a pretrained LM), in `dtype`, optionally spread by `device_map`."""
+def load_backbone(path: str, dtype, attn_implementation: str, device_map=None, quantization_config=None):
+    """The base model of `path` (a checkpoint or a pretrained LM), in `dtype`, optionally spread by `device_map` and quantised
+    by a bitsandbytes `quantization_config` (QLoRA, worldpm.model.lora)."""
     read_config(path)  # a clear error for a missing path before transformers' long one
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=False)
@@ -239,7 +241,8 @@ def load_backbone(path: str, dtype, attn_implementation: str, device_map=None):
     try:
         backbone = AutoModel.from_pretrained(path, config=config, dtype=torch_dtype(dtype) or "auto",
                                              attn_implementation=attn_implementation, trust_remote_code=False,
-                                             **({"device_map": device_map} if device_map is not None else {}))
+                                             **({"device_map": device_map} if device_map is not None else {}),
+                                             **({"quantization_config": quantization_config} if quantization_config else {}))
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot load weights of {path}: {str(exc).splitlines()[0]}") from None
     finally:

@@ -52,8 +52,9 @@ def resolve_dtype(dtype: str | None, device: str | None) -> str | None:
 
 
 def load_reward_model(model_cfg: Mapping[str, Any] | None = None, path: str | None = None, *, device: str | None = "auto",
-                      dtype: str | None = "auto", device_map=None) -> RewardModel:
-    """The reward model a config describes (module docstring), on `device`, in `dtype`, in eval mode."""
+                      dtype: str | None = "auto", device_map=None, quantization_config=None) -> RewardModel:
+    """The reward model a config describes (module docstring), on `device`, in `dtype`, in eval mode. `quantization_config`
+    (QLoRA's bitsandbytes config, worldpm.model.lora) quantises a pretrained backbone as it loads."""
     model_cfg = dict(model_cfg or {})
     if device is not None and device_map is None:
         device = resolve_device(device)
@@ -62,7 +63,8 @@ def load_reward_model(model_cfg: Mapping[str, Any] | None = None, path: str | No
     attn = model_cfg.get("attn_implementation", "sdpa")
     if path and has_reward_head(path):
         model = RewardModel.from_pretrained(path, dtype=name, attn_implementation=attn,
-                                            device=device if device_map is None else None, device_map=device_map)
+                                            device=device if device_map is None else None, device_map=device_map,
+                                            quantization_config=quantization_config)
         return model
     spec = dict(readout=model_cfg.get("readout", "reward_token"), max_length=int(model_cfg.get("max_length", 4096)))
     build_dtype = name or model_cfg.get("dtype") or "float32"
@@ -70,8 +72,12 @@ def load_reward_model(model_cfg: Mapping[str, Any] | None = None, path: str | No
     if path:
         model = RewardModel.from_backbone(path, head=model_cfg.get("head", "mlp"),
                                           tokenizer=load_tokenizer(tokenizer_spec) if tokenizer_spec else None,
-                                          dtype=build_dtype, attn_implementation=attn, seed=int(model_cfg.get("seed", 0)), **spec)
+                                          dtype=build_dtype, attn_implementation=attn, seed=int(model_cfg.get("seed", 0)),
+                                          device_map=device_map, quantization_config=quantization_config, **spec)
     else:
+        if quantization_config is not None:
+            raise UserError(f"model {model_cfg.get('name')!r} is built from its config (random weights): quantisation (QLoRA) needs "
+                            "pretrained weights (model.path or init_from)")
         if not model_cfg.get("arch"):
             raise UserError(f"model {model_cfg.get('name')!r} has neither a path nor an arch to build from")
         model = RewardModel.from_config(model_cfg["arch"], load_tokenizer(tokenizer_spec or "tiny"),
@@ -80,7 +86,7 @@ def load_reward_model(model_cfg: Mapping[str, Any] | None = None, path: str | No
         if device is not None:
             log.warning("no checkpoint: model=%s is RANDOMLY INITIALISED (fine for smoke tests, meaningless rewards)",
                         model_cfg.get("name"))
-    return (model if device is None else model.to(device)).eval()
+    return (model if device is None or device_map is not None else model.to(device)).eval()
 
 
 def model_source(path: str | None, model_cfg: Mapping[str, Any]) -> str:

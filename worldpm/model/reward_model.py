@@ -39,6 +39,15 @@ def init_head(head: nn.Module, std: float) -> None:
                 nn.init.zeros_(module.bias)
 
 
+def _head_dtype(backbone) -> torch.dtype:
+    """The head's dtype: the backbone's, or its compute dtype when the backbone is quantised (QLoRA: int weights)."""
+    qcfg = getattr(backbone.config, "quantization_config", None)
+    compute = getattr(qcfg, "bnb_4bit_compute_dtype", None) if qcfg is not None else None
+    if qcfg is not None:
+        return compute if isinstance(compute, torch.dtype) else torch.bfloat16
+    return backbone.dtype
+
+
 class RewardModel(nn.Module):
     """Backbone (`self.model`, an Auto base model) + reward head (`self.head`); state-dict keys `model.*`, `score.*`."""
 
@@ -163,18 +172,20 @@ class RewardModel(nn.Module):
 
     @classmethod
     def from_backbone(cls, path: str, head: str = "mlp", tokenizer=None, dtype="float32", attn_implementation: str = "sdpa",
-                      seed: int = 0, **spec) -> "RewardModel":
+                      seed: int = 0, device_map=None, quantization_config=None, **spec) -> "RewardModel":
         """A pretrained language model (hub id or local directory, e.g. `Qwen/Qwen2.5-7B`) with a freshly initialised head."""
-        backbone = load_backbone(path, dtype, attn_implementation)
+        backbone = load_backbone(path, dtype, attn_implementation, device_map=device_map, quantization_config=quantization_config)
         torch.manual_seed(seed)
         model = cls(backbone, tokenizer or load_tokenizer(path), RewardSpec(head=head, **spec))
         init_head(model.head, getattr(backbone.config, "initializer_range", 0.02))
-        model.head.to(backbone.dtype)
+        model.head.to(_head_dtype(backbone))
+        if device_map is not None:
+            model.head.to(list(backbone.parameters())[-1].device)
         return model
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, dtype=None, attn_implementation: str = "sdpa", tokenizer=None,
-                        device: str | torch.device | None = None, device_map=None) -> "RewardModel":
+                        device: str | torch.device | None = None, device_map=None, quantization_config=None) -> "RewardModel":
         """Load a reward checkpoint: ours (either head), or a released WorldPM directory as it is.
 
         `device_map="auto"` spreads a large backbone over the visible GPUs (transformers/accelerate); the head follows the last layer.
@@ -183,11 +194,11 @@ class RewardModel(nn.Module):
         config_dict = read_config(path)
         head_tensors = read_head_tensors(path)
         spec = spec_for(path, config_dict, head_tensors)
-        backbone = load_backbone(path, dtype, attn_implementation, device_map=device_map)
+        backbone = load_backbone(path, dtype, attn_implementation, device_map=device_map, quantization_config=quantization_config)
         model = cls(backbone, tokenizer or load_tokenizer(path), spec)
         prefix = "score."
         state = {k[len(prefix):]: v for k, v in head_tensors.items()}
-        model.head.to(backbone.dtype)
+        model.head.to(_head_dtype(backbone))
         missing, unexpected = model.head.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise UserError(f"reward head in {path} does not match head {spec.head!r}: missing {missing}, unexpected {unexpected}")

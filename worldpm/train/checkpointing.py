@@ -34,6 +34,7 @@ import torch
 from worldpm.atomic_dir import replace_dir
 from worldpm.errors import UserError
 from worldpm.model.checkpoint import RewardSpec, save_checkpoint
+from worldpm.model.lora import LoraExport, merge_lora_state_dict, merge_quantized, save_adapter
 from worldpm.run_layout import read_state, step_name, step_of
 from worldpm.train.distributed import Dist, barrier
 
@@ -125,14 +126,23 @@ class ExportMeta:
     config: Any
     tokenizer: Any
     spec: RewardSpec
+    lora: LoraExport | None = None  # a LoRA run: the export merges the adapters and writes them to adapter/ too
 
 
 def export_model(engine, directory: Path, meta: ExportMeta, dist: Dist) -> None:
     """The engine's model as a checkpoint-contract directory (worldpm.model.checkpoint). Collective: ZeRO-3 gathers the weights
-    on every rank; rank 0 writes."""
+    on every rank; rank 0 writes. A LoRA run's adapters are merged into the weights (an ordinary checkpoint) and also saved on
+    their own, with the reward head, in `adapter/` (worldpm.model.lora)."""
     state_dict = engine.full_state_dict()
-    if dist.is_main:
+    if not dist.is_main:
+        return
+    if meta.lora is None:
         save_checkpoint(directory, state_dict, meta.config, meta.tokenizer, meta.spec)
+        return
+    settings = meta.lora.settings
+    merged = merge_quantized(engine.model, settings) if settings.quantize else merge_lora_state_dict(state_dict, settings)
+    save_checkpoint(directory, merged, meta.config, meta.tokenizer, meta.spec)
+    save_adapter(Path(directory) / "adapter", state_dict, settings, meta.lora.base)
 
 
 def save(engine, output_dir: Path, step: int, state: dict, data_state: dict, dist: Dist, export: ExportMeta | None = None,

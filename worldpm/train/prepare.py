@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from worldpm.config import check
 from worldpm.errors import UserError
 from worldpm.model.checkpoint import has_reward_head
 from worldpm.model.loader import load_reward_model
+from worldpm.model.lora import LoraExport, apply_lora, check_quantization, lora_settings, quantization_config
 from worldpm.model.reward_model import RewardModel, init_head
 from worldpm.train import checkpointing, distributed
 
@@ -27,6 +29,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     cfg = check("train", cfg)
     if cfg.deepspeed is not None and cfg.trainer.precision == "bf16" and not _bf16_supported():
         raise UserError("trainer.precision=bf16 but this machine has no bf16 support; use trainer.precision=fp32")
+    check_quantization(lora_settings(cfg.model.get("lora")), cfg.get("deepspeed"))
     return cfg
 
 
@@ -66,10 +69,14 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_init_from(init_from) -> str | None:
-    """`init_from`: a reward checkpoint directory, a run directory (its final/ or newest checkpoint), or a step checkpoint."""
+    """`init_from`: a reward checkpoint directory, a run directory (its final/ or newest checkpoint), a step checkpoint, or a
+    hub id (e.g. Qwen/WorldPM-72B, read as it is released)."""
     if not init_from:
         return None
     path = Path(str(init_from))
+    text = str(init_from)
+    if not path.exists() and not text.startswith((".", "/", "~")) and re.fullmatch(r"[\w.-]+/[\w.-]+", text):
+        return text  # a hub id: the loader reads it (worldpm.model.checkpoint.read_config)
     candidates = [path, path / "hf", path / "final"]
     found = checkpointing.complete_checkpoints(path)
     if found:
@@ -80,11 +87,13 @@ def resolve_init_from(init_from) -> str | None:
     raise UserError(f"init_from={init_from} is not a reward checkpoint (no config.json in it, its hf/ or final/, or a checkpoint)")
 
 
-def build_model(cfg: DictConfig, ds_config: dict | None) -> tuple[RewardModel, object, dict]:
-    """The RewardModel to train (pretrained / checkpoint weights or random init, a seeded fresh head, in the training dtype),
-    the ZeRO-3 config object transformers must keep seeing while it lives, and a description for logs and state.json."""
+def build_model(cfg: DictConfig, ds_config: dict | None) -> tuple[RewardModel, object, dict, LoraExport | None]:
+    """The RewardModel to train (pretrained / checkpoint weights or random init, a seeded fresh head, in the training dtype,
+    LoRA adapters on a frozen backbone with model.lora.enabled), the ZeRO-3 config object transformers must keep seeing while it
+    lives, a description for logs and state.json, and what a LoRA export needs (None for full fine-tuning)."""
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     model_cfg.pop("train", None)
+    lora = lora_settings(model_cfg.pop("lora", None))
     model_cfg["seed"] = int(cfg.trainer.seed)
     # bf16 under DeepSpeed: load 16-bit weights (ZeRO keeps fp32 masters); PyTorch bf16 = fp32 weights under autocast
     dtype = "bfloat16" if (cfg.trainer.precision == "bf16" and ds_config is not None) else "float32"
@@ -97,7 +106,10 @@ def build_model(cfg: DictConfig, ds_config: dict | None) -> tuple[RewardModel, o
         from transformers.integrations import HfDeepSpeedConfig  # with deepspeed (an optional dependency)
 
         hf_ds_config = HfDeepSpeedConfig(ds_config)  # transformers builds / loads the backbone partitioned (zero.Init)
-    model = load_reward_model(model_cfg, path, device=None, dtype=dtype)  # the engine places it
+    quant = quantization_config(lora, torch.bfloat16 if cfg.trainer.precision == "bf16" else torch.float32)
+    # the engine places the model; a quantised backbone is placed as it loads (bitsandbytes weights do not move)
+    model = load_reward_model(model_cfg, path, device=None, dtype=dtype, quantization_config=quant,
+                              device_map={"": torch.cuda.current_device()} if quant else None)
     fresh_head = not (path and has_reward_head(str(path)))
     if fresh_head:
         init_fresh_head(model, int(cfg.trainer.seed))
@@ -108,7 +120,14 @@ def build_model(cfg: DictConfig, ds_config: dict | None) -> tuple[RewardModel, o
     embed = sum(numel(p) for p in model.model.get_input_embeddings().parameters())
     info = {"model_name": str(cfg.model.name), "n_params": n_params, "n_params_non_embedding": n_params - embed,
             "init": init_from or model_cfg.get("path") or "random", "fresh_head": fresh_head}
-    return model, hf_ds_config, info
+    export = None
+    if lora is not None:
+        counts = apply_lora(model, lora, bool(cfg.trainer.activation_checkpointing))
+        if quant:  # the head trains in fp32 beside the quantised backbone (autocast mixes it with bf16 activations)
+            model.head.to(device=torch.cuda.current_device(), dtype=torch.float32)
+        info.update(lora=lora.as_dict(), **counts)
+        export = LoraExport(lora, info["init"], counts)
+    return model, hf_ds_config, info, export
 
 
 def init_fresh_head(model, seed: int) -> None:

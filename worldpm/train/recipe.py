@@ -67,16 +67,21 @@ def train(cfg: DictConfig, dist: distributed.Dist, signals: PreemptionSignals) -
     ds_config = None if cfg.get("deepspeed") is None else deepspeed_config(OmegaConf.to_container(cfg.deepspeed, resolve=True), tcfg)
 
     # 1. the model (ZeRO-3: transformers builds it partitioned while hf_ds_config is referenced)
-    model, hf_ds_config, info = build_model(cfg, ds_config)
+    model, hf_ds_config, info, lora = build_model(cfg, ds_config)
     compute_dtype = torch.bfloat16 if tcfg.precision == "bf16" else torch.float32
     batching = Batching(str(dcfg.packing), str(dcfg.attention),
                         use_attention(model, str(dcfg.attention), str(dcfg.packing), compute_dtype),
                         int(dcfg.max_tokens_per_micro_batch), compute_dtype,
                         model.tokenizer.convert_tokens_to_ids(PAD_TOKEN), dist.rank, dist.world_size, dist.device)
-    export = ExportMeta(model.config, model.tokenizer, model.spec)
-    log.info("model %s: %s parameters (%s non-embedding), head %s, attention %s, %s%s", info["model_name"], f"{info['n_params']:,}",
-             f"{info['n_params_non_embedding']:,}", model.spec.head, batching.attn_implementation, tcfg.precision,
-             ", activation checkpointing" if tcfg.activation_checkpointing else "")
+    export = ExportMeta(model.config, model.tokenizer, model.spec, lora)
+    log.info("model %s: %s parameters (%s non-embedding), head %s, attention %s, %s%s; from %s", info["model_name"],
+             f"{info['n_params']:,}", f"{info['n_params_non_embedding']:,}", model.spec.head, batching.attn_implementation,
+             tcfg.precision, ", activation checkpointing" if tcfg.activation_checkpointing else "", info["init"])
+    if lora is not None:
+        log.info("LoRA r=%d alpha=%g on %s%s: %s trainable parameters (%s in adapters, the rest the reward head); exports merge "
+                 "the adapters", lora.settings.r, lora.settings.alpha, ",".join(lora.settings.target_modules),
+                 f", backbone quantised {lora.settings.quantize}" if lora.settings.quantize else "",
+                 f"{info['trainable_params']:,}", f"{info['adapter_params']:,}")
 
     # 2. the data, tokenised once with the model's encoder (rank 0 first; the others read its cache)
     data = sources(dcfg)

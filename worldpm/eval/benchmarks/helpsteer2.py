@@ -9,29 +9,20 @@ One subtask, `helpsteer2`. Official: accuracy, and per |strength|.
 from __future__ import annotations
 
 import logging
-import re
 from typing import Mapping
 
 import numpy as np
 
+from data_prep.preference_sets import conversation_hs2 as conversation
 from worldpm.errors import UserError
 from worldpm.eval.items import Item
 from worldpm.eval.metrics import accuracy_by, accuracy_of
 from worldpm.eval.benchmarks.sources import need, records_for
 
 log = logging.getLogger("worldpm.eval")
-_TURN = re.compile(r"\n?<extra_id_1>(User|Assistant)\n?")
 
 
 HEADLINE = ("accuracy", "by_strength.*.accuracy")  # official keys the report shows (dotted, * wildcards)
-
-def conversation(prompt: str) -> list[dict]:
-    parts = _TURN.split(prompt)
-    turns = [{"role": "user", "content": parts[0]}]
-    for role, content in zip(parts[1::2], parts[2::2]):
-        turns.append({"role": role.lower(), "content": content})
-    return turns
-
 
 def load(bcfg: Mapping, name: str) -> list[Item]:
     keep = bcfg.get("record_split")
