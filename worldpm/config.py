@@ -15,12 +15,31 @@ from data_prep.entry import compose as _compose
 from data_prep.entry import config_dir, fail, group_overrides, hydra_entry
 from worldpm.errors import UserError
 
-__all__ = ["compose", "config_dir", "fail", "group_overrides", "hydra_entry", "verb_entry"]
+__all__ = ["compose", "compose_option", "config_dir", "fail", "group_overrides", "hydra_entry", "verb_entry"]
 
 
 def compose(config_name: str, overrides: Sequence[str] = ()) -> DictConfig:
     """Compose `configs/<config_name>.yaml` with Hydra overrides; bad overrides become one-line `UserError`s."""
     return _compose(config_name, overrides, error=UserError)
+
+
+def compose_option(group: str, option: str, key: str) -> DictConfig:
+    """One option of a config group (`configs/<group>/<option>.yaml`, its own defaults list applied), composed on its own: for
+    a choice that a config value makes (Hydra's defaults list cannot read config values). Inside a Hydra job it is composed on
+    that job's search path (so `hydra.searchpath` additions count); `key` names the setting that chose it, for the error."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+
+    name = f"{group}/{option}"
+    try:
+        if GlobalHydra.instance().is_initialized():
+            return hydra_compose(config_name=name)[group]
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            return hydra_compose(config_name=name)[group]
+    except HydraException:
+        choices = sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+        raise UserError(f"{key}={option} is not a config in configs/{group}/ (choose from {', '.join(choices)})") from None
 
 
 def verb_entry(config_name: str, target: str) -> Callable[[], None]:

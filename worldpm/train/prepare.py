@@ -3,16 +3,19 @@ the held-out pairs evaluated along the run. Every check here runs before a proce
 from __future__ import annotations
 
 import logging
+import os
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
 from huggingface_hub.serialization import _torch as hub_torch
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm import tqdm
 
 from worldpm.data.packing import ATTENTION, LAYOUTS
+from worldpm.config import compose_option
 from worldpm.data.stream import sources
 from worldpm.errors import UserError
 from worldpm.model.checkpoint import has_reward_head
@@ -26,8 +29,26 @@ log = logging.getLogger("worldpm.train")
 PRECISIONS = ("fp32", "bf16")
 
 
-def validate(cfg: DictConfig) -> None:
-    """Everything checkable before a process group or a model exists: one-line UserErrors naming the bad key."""
+def resolve_deepspeed(cfg: DictConfig) -> str:
+    """`deepspeed=auto` (the default) becomes the model's recommended ZeRO config, `model.train.deepspeed` (null: plain PyTorch
+    in one process), in place in `cfg`; an explicit `deepspeed=...` stays. Returns what runs, and why, for the log and errors."""
+    chosen = cfg.get("deepspeed")
+    if chosen is None:
+        return "deepspeed=null"
+    if chosen.get("name") != "auto":
+        return f"deepspeed={chosen.get('name')}"
+    recommended = (cfg.model.get("train") or {}).get("deepspeed")
+    if recommended == "auto":
+        raise UserError(f"model.train.deepspeed=auto (model {cfg.model.name}) must name a config in configs/deepspeed/ or be null")
+    with open_dict(cfg):
+        cfg.deepspeed = None if recommended is None else compose_option("deepspeed", str(recommended), "model.train.deepspeed")
+    return f"deepspeed={'null' if recommended is None else recommended} (deepspeed=auto: model.train.deepspeed of {cfg.model.name})"
+
+
+def validate(cfg: DictConfig) -> str:
+    """Everything checkable before a process group or a model exists: one-line UserErrors naming the bad key. Puts the ZeRO
+    config in place first (`resolve_deepspeed`) and returns what it chose."""
+    engine = resolve_deepspeed(cfg)
     tcfg, dcfg = cfg.trainer, cfg.data
     if not cfg.get("output_dir"):
         raise UserError("output_dir is not set")
@@ -48,6 +69,10 @@ def validate(cfg: DictConfig) -> None:
     if not float(tcfg.lr) > 0:
         raise UserError(f"trainer.lr={tcfg.lr} must be > 0")
     world = distributed.expected_world_size()
+    if cfg.get("deepspeed") is None and world > 1:
+        raise UserError(f"{engine} trains in one process, but this job has {world} ranks; "
+                        "pass deepspeed=zero1|zero2|zero3 (configs/deepspeed/)")
+    check_allocation(world)
     if int(tcfg.pairs_per_step) < world:
         raise UserError(f"trainer.pairs_per_step={tcfg.pairs_per_step} is smaller than the {world} ranks of this job: "
                         "every rank needs at least one pair per step")
@@ -58,6 +83,24 @@ def validate(cfg: DictConfig) -> None:
                         f"up to model.max_length={max_length} tokens need {need}; raise it or lower model.max_length")
     if cfg.get("deepspeed") is not None and tcfg.precision == "bf16" and not _bf16_supported():
         raise UserError("trainer.precision=bf16 but this machine has no bf16 support; use trainer.precision=fp32")
+    return engine
+
+
+def check_allocation(world: int) -> None:
+    """A job of Hydra's submitit SLURM launcher has the resources the launcher resolved from the multirun's primary config;
+    its own config (e.g. another model's `model.train.nodes`) may ask for others: say so instead of training on the wrong
+    number of GPUs."""
+    if os.environ.get("SUBMITIT_EXECUTOR") != "slurm" or not HydraConfig.initialized():
+        return
+    launcher = HydraConfig.get().launcher
+    try:
+        wanted = int(launcher.nodes) * int(launcher.tasks_per_node)
+    except Exception:  # a launcher config without these fields
+        return
+    if wanted != world:
+        raise UserError(f"this SLURM job has {world} tasks but its config asks for hydra.launcher.nodes x tasks_per_node = "
+                        f"{launcher.nodes} x {launcher.tasks_per_node}: Hydra's submitit launcher gives every job of a multirun "
+                        "the resources of the primary config; run one multirun per model (model=...)")
 
 
 def _bf16_supported() -> bool:

@@ -48,18 +48,18 @@ log = logging.getLogger("worldpm.train")
 
 
 def run(cfg: DictConfig) -> dict:
-    validate(cfg)
+    engine_choice = validate(cfg)  # deepspeed=auto becomes the model's recommended ZeRO config here
     dist = distributed.init(use_deepspeed=cfg.get("deepspeed") is not None, shm_comm=bool(cfg.trainer.shm_comm))
     signals = PreemptionSignals()
     try:
-        result = train(cfg, dist, signals)
+        result = train(cfg, dist, signals, engine_choice)
     finally:
         signals.restore()
     signals.forward()  # a preempted run has saved its checkpoint; now e.g. submitit may requeue the job
     return result
 
 
-def train(cfg: DictConfig, dist: distributed.Dist, signals: PreemptionSignals) -> dict:
+def train(cfg: DictConfig, dist: distributed.Dist, signals: PreemptionSignals, engine_choice: str) -> dict:
     tcfg, dcfg, out = cfg.trainer, cfg.data, Path(cfg.output_dir)
     setup_logging(out, dist)
     seed = int(tcfg.seed)
@@ -72,8 +72,9 @@ def train(cfg: DictConfig, dist: distributed.Dist, signals: PreemptionSignals) -
                         int(dcfg.max_tokens_per_micro_batch), torch.bfloat16 if tcfg.precision == "bf16" else torch.float32,
                         model.tokenizer.convert_tokens_to_ids(PAD_TOKEN), dist.rank, dist.world_size, dist.device)
     export = ExportMeta(model.config, model.tokenizer, model.spec)
-    log.info("model %s: %s parameters (%s non-embedding), head %s, attention %s, %s", info["model_name"], f"{info['n_params']:,}",
-             f"{info['n_params_non_embedding']:,}", model.spec.head, batching.attn_implementation, tcfg.precision)
+    log.info("model %s: %s parameters (%s non-embedding), head %s, attention %s, %s; %s on %d ranks", info["model_name"],
+             f"{info['n_params']:,}", f"{info['n_params_non_embedding']:,}", model.spec.head, batching.attn_implementation,
+             tcfg.precision, engine_choice, dist.world_size)
 
     # 2. the data, tokenised once with the model's encoder (rank 0 first; the others read its cache)
     data = sources(dcfg)
@@ -93,8 +94,8 @@ def train(cfg: DictConfig, dist: distributed.Dist, signals: PreemptionSignals) -
     # 4. resume: engine state, data position, RNG, counters
     stream = PairStream([len(t) for t in tables], [s.weight for s in data], seed)
     counters = {"step": 0, "pairs_seen": 0, "tokens_seen": 0, "skipped_steps": 0, "nonfinite_losses": 0}
-    run_info = {**info, "seed": seed, "data_path": str(data[0].path), "world_size": dist.world_size, "max_steps": max_steps,
-                "pairs_per_step": pairs_per_step}
+    run_info = {**info, "seed": seed, "data_path": str(data[0].path), "world_size": dist.world_size, "zero_stage": engine.stage,
+                "max_steps": max_steps, "pairs_per_step": pairs_per_step}
     resume_from = checkpointing.resolve_resume(out, tcfg.resume)
     if resume_from is not None:
         state, data_state = checkpointing.load(engine, resume_from, dist)
@@ -122,7 +123,7 @@ def train(cfg: DictConfig, dist: distributed.Dist, signals: PreemptionSignals) -
         lr = engine.lr()
         stats, counts = train_step(engine, batches, batching, pairs_per_step, float(cfg.loss.center_coefficient))
         applied, grad_norm = engine.step()  # the update; skipped when the gradient is not finite
-        counts["stop"] = int(signals.received is not None)  # any rank signalled: all stop after this step
+        counts["stop"] = int(bool(signals.received))  # any rank signalled: all stop after this step
         s = reduce_step(stats, counts, dist)  # the step's one host sync
         step = counters["step"] = counters["step"] + 1
         nonfinite = s["nonfinite"] > 0 or not math.isfinite(s["loss"])
