@@ -4,6 +4,7 @@ Layout (binding for evaluation and scaling; worldpm.run_layout is its torch-free
 
     output_dir/checkpoints/step-00000120/
         deepspeed/ | torch_state.pt      engine state (weights, optimizer, lr schedule), per rank under ZeRO
+        deepspeed_universal/             the ZeRO state whole per parameter, made when a job of another rank count resumes it
         rng/rank-00000.pt ...            every rank's RNG state
         data.json                        the data stream's position (PairStream.state_dict) and the run counters
         hf/                              the model in the checkpoint contract, gathered from ZeRO-3 partitions (trainer.save_hf)

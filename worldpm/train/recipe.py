@@ -2,16 +2,18 @@
 
 Supports: one process (`deepspeed=null`: plain PyTorch, for debugging and small models) or every rank of a DeepSpeed ZeRO-1/2/3
 job (+ CPU offload) started by torchrun, `deepspeed --no_local_rank`, SLURM srun or Hydra's submitit launcher, on one node or
-many; fp32 or bf16; activation checkpointing; padding-free packing (`data.packing`); several datasets mixed by weight
-(`data.mix`); a margin column; exact resume (engine state, data position, RNG) and preemption (SIGTERM/SIGUSR1 -> checkpoint).
+many, with the model's recommended ZeRO config by default (`deepspeed=auto`: model.train.deepspeed); fp32 or bf16; activation
+checkpointing; padding-free packing (`data.packing`); several datasets mixed by weight (`data.mix`); a margin column; exact
+resume (engine state, data position, RNG), also on another number of ranks (universal checkpoint); preemption and time
+limits (SIGTERM/SIGUSR1/SIGUSR2 -> checkpoint, then the launcher's own handler, e.g. submitit's requeue).
 Assumes: `data.path` is a `worldpm collect` output (PairRecord shards); the model is a `model=` config (a pretrained backbone,
 a reward checkpoint through `init_from`, or a random init such as model=tiny).
 
-    check the config, join the job           prepare.validate, train.distributed
+    check the config, join the job           prepare.validate (deepspeed=auto resolved), train.distributed
     build the reward model                   prepare.build_model (ZeRO-3: partitioned as it is built)
     tokenise the pairs once, cached          data.pairs (with the model's encoder; rank 0 first, the others read its cache)
     build the engine                         train.engine (DeepSpeed ZeRO 1/2/3 or PyTorch; AdamW, warmup + schedule)
-    resume from the newest checkpoint        train.checkpointing
+    resume from the newest checkpoint        train.checkpointing (another rank count: train.engine's universal checkpoint)
     each step: draw pairs, pack this rank's share, forward + BT loss + backward, optimizer step, metrics, eval, checkpoint
     export output_dir/final/ (checkpoint contract)
 
