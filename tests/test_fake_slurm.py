@@ -23,7 +23,8 @@ def fake(tmp_path, monkeypatch):
         if os.environ.get(key) != value:
             monkeypatch.setenv(key, value)
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
-    return cluster
+    yield cluster
+    cluster.shutdown()
 
 
 def wait_until(condition, what: str, timeout: float = 60) -> None:
@@ -117,3 +118,14 @@ def test_signals_reach_the_batch_shell_or_the_steps_as_asked(fake, tmp_path):
     sacct = subprocess.run(["sacct", "-j", job, "-o", "JobID,State,NodeList", "--parsable2"], capture_output=True, text=True,
                            check=True).stdout
     assert sacct.splitlines() == ["JobID|State|NodeList", f"{job}|COMPLETED|127.0.0.[1-2]"]
+
+
+def test_scancel_ends_a_running_job_and_a_pending_one_never_starts(fake, tmp_path):
+    (tmp_path / "job.sh").write_text("#!/bin/bash\n#SBATCH --ntasks=2\nsrun sleep 300\n")
+    first, second = (subprocess.run(["sbatch", "--parsable", "job.sh"], cwd=tmp_path, capture_output=True, text=True,
+                                    check=True).stdout.strip() for _ in range(2))
+    wait_until(lambda: fake.job(first)["state"] == "RUNNING", "the first job to start")
+    assert fake.job(second)["state"] == "PENDING"  # one job at a time on this cluster
+    subprocess.run(["scancel", second, first], check=True)
+    assert fake.wait(first, timeout=30)["state"] == "CANCELLED" and fake.wait(second, timeout=30)["state"] == "CANCELLED"
+    assert not any(e.startswith("start") for e in fake.events(second))

@@ -132,6 +132,13 @@ def test_zero1_checkpoint_of_one_rank_continues_on_two_ranks_under_zero2(data, c
 
 
 # ---------------------------------------------------------------------------------------------------------------- SLURM
+@pytest.fixture
+def fake(tmp_path):
+    cluster = FakeSlurm(tmp_path / "spool")
+    yield cluster
+    cluster.shutdown()
+
+
 def slurm_env(fake: FakeSlurm) -> dict:
     """The fake SLURM's commands first on PATH, then this venv's (the batch script runs `python`, as in an activated venv)."""
     base = env()
@@ -162,9 +169,8 @@ def wait_for_job(fake: FakeSlurm, timeout: float = 120) -> str:
     raise AssertionError(f"no fake SLURM job started: {fake.events()}")
 
 
-def test_sbatch_script_checkpoints_at_its_time_limit_and_requeues_itself(reference, data, cache, tmp_path):
+def test_sbatch_script_checkpoints_at_its_time_limit_and_requeues_itself(reference, data, cache, tmp_path, fake):
     """docs/train.md: `sbatch scripts/slurm_train.sbatch DATA OUT [overrides]`, on 2 nodes instead of 8."""
-    fake = FakeSlurm(tmp_path / "spool")
     out = tmp_path / "run"
     extra = [f"data.cache_dir={cache}", "wandb.mode=disabled", "trainer.progress=false", "trainer.log_every=1",
              *COMMON, "deepspeed=zero3", "trainer.save_every=100"]
@@ -186,10 +192,9 @@ def test_sbatch_script_checkpoints_at_its_time_limit_and_requeues_itself(referen
     assert final_eval(out) == pytest.approx(final_eval(reference), abs=1e-6)
 
 
-def test_submitit_launcher_checkpoints_at_the_time_limit_and_requeues(reference, data, cache, tmp_path):
+def test_submitit_launcher_checkpoints_at_the_time_limit_and_requeues(reference, data, cache, tmp_path, fake):
     """docs/train.md: `worldpm train -m hydra/launcher=slurm model=... data.path=... output_dir=...`: 2 nodes x 1 task and
     ZeRO-3 come from the model's recommendation (model.train)."""
-    fake = FakeSlurm(tmp_path / "spool")
     out = tmp_path / "run"
     cmd = [PYTHON, "-m", "worldpm", "train", "-m", "hydra/launcher=slurm", *overrides(data, out, cache, *COMMON),
            "model.train.nodes=2", "model.train.gpus_per_node=1", "model.train.deepspeed=zero3", "trainer.save_every=100",
@@ -216,11 +221,10 @@ def test_submitit_launcher_checkpoints_at_the_time_limit_and_requeues(reference,
     assert state(out / "final")["world_size"] == 2 and state(out / "final")["zero_stage"] == 3
 
 
-def test_paper_sweep_on_slurm_runs_as_the_docs_write_it(data, cache, tmp_path):
+def test_paper_sweep_on_slurm_runs_as_the_docs_write_it(data, cache, tmp_path, fake):
     """docs/eval.md "Sweeps": `worldpm train -m +sweep=paper model=<size> hydra/launcher=slurm_sweep sweep.data_root=...
     sweep.slurm.partition=... sweep.slurm.account=...` with the model overridden to a tiny one whose recommended setup
     (model.train) is 2 nodes x 1 GPU under ZeRO-3, one data size and two seeds: a SLURM array of two 2-node jobs."""
-    fake = FakeSlurm(tmp_path / "spool")
     nested = tmp_path / "forum-nested"
     nested.mkdir()
     (nested / "n-1024000").symlink_to(data)  # the data-size point the sweep reads (a stand-in dataset)

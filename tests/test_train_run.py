@@ -213,6 +213,33 @@ def test_deepspeed_auto_errors_name_the_setting(data, monkeypatch, tmp_path):
         validate(compose("train", [f"data.path={data}", f"output_dir={tmp_path}"]))
 
 
+def test_a_slurm_job_given_other_resources_than_its_config_asks_for_stops(monkeypatch):
+    """Hydra's submitit launcher submits a multirun's jobs with the primary config's resources; a job of another model
+    (another model.train.nodes) notices before training on the wrong number of GPUs."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from worldpm.config import config_dir
+    from worldpm.errors import UserError
+    from worldpm.train.prepare import check_allocation
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("train", ["data.path=x", "model=qwen2.5-72b", "hydra/launcher=slurm"], return_hydra_config=True)
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    HydraConfig.instance().set_config(cfg)
+    try:
+        check_allocation(64)  # 8 nodes x 8 tasks, as model.train asks
+        with pytest.raises(UserError, match=r"this SLURM job has 8 tasks but its config asks for hydra.launcher.nodes x "
+                                            r"tasks_per_node = 8 x 8"):
+            check_allocation(8)
+        monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")  # submitit's local executor: tasks on this machine, not checked
+        check_allocation(8)
+    finally:
+        HydraConfig.instance().cfg = None
+
+
 def test_preemption_signals_reach_the_handler_that_was_there_before(monkeypatch):
     """submitit installs its requeue handler on SIGUSR2 before the trainer starts: the trainer records the signal (and
     checkpoints), then hands it on; every signal received is handed on, once, in order."""

@@ -45,6 +45,18 @@ class FakeSlurm:
         """The job's time limit is now its --signal delay away (SLURM sends the warning signal it asked for)."""
         self.command("timelimit", key)
 
+    def shutdown(self) -> None:
+        """Cancel every job still pending or running (a test that failed half-way leaves nothing running)."""
+        for rec in self.jobs():
+            if rec["state"] in ("PENDING", "RUNNING"):
+                subprocess.run([sys.executable, str(HERE / "slurm.py"), "scancel", rec["key"]], env=self.env(), check=False,
+                               capture_output=True)
+        for rec in self.jobs():
+            try:
+                self.wait(rec["key"], timeout=60)
+            except AssertionError:
+                pass
+
     def wait(self, key: str, states=("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), timeout: float = 300) -> dict:
         deadline = time.time() + timeout
         while time.time() < deadline:

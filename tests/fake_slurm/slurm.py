@@ -320,7 +320,12 @@ def run_job(key: str) -> None:
     while True:
         rec = load(key)
         d = job_dir(key)
-        for stale in ("requeue", "cancel", "warned"):
+        if (d / "cancel").exists():  # cancelled while pending
+            rec["state"] = "CANCELLED"
+            save(rec)
+            event(key, "end CANCELLED (pending)")
+            return
+        for stale in ("requeue", "warned"):
             (d / stale).unlink(missing_ok=True)
         env = job_env(rec)
         opts = rec["options"]
@@ -503,6 +508,8 @@ def scancel(argv: list[str]) -> None:
         fail(f"Invalid job id specified: {' '.join(ids)}")
     for rec in recs:
         if "signal" not in opts:
+            if rec["state"] not in ("PENDING", "RUNNING"):
+                continue
             request(rec["key"], "cancel")
             event(rec["key"], "cancel requested")
             continue

@@ -14,8 +14,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm import tqdm
 
-from worldpm.data.packing import ATTENTION, LAYOUTS
 from worldpm.config import compose_option
+from worldpm.data.packing import ATTENTION, LAYOUTS
 from worldpm.data.stream import sources
 from worldpm.errors import UserError
 from worldpm.model.checkpoint import has_reward_head
@@ -48,7 +48,7 @@ def resolve_deepspeed(cfg: DictConfig) -> str:
 def validate(cfg: DictConfig) -> str:
     """Everything checkable before a process group or a model exists: one-line UserErrors naming the bad key. Puts the ZeRO
     config in place first (`resolve_deepspeed`) and returns what it chose."""
-    engine = resolve_deepspeed(cfg)
+    engine_choice = resolve_deepspeed(cfg)
     tcfg, dcfg = cfg.trainer, cfg.data
     if not cfg.get("output_dir"):
         raise UserError("output_dir is not set")
@@ -70,7 +70,7 @@ def validate(cfg: DictConfig) -> str:
         raise UserError(f"trainer.lr={tcfg.lr} must be > 0")
     world = distributed.expected_world_size()
     if cfg.get("deepspeed") is None and world > 1:
-        raise UserError(f"{engine} trains in one process, but this job has {world} ranks; "
+        raise UserError(f"{engine_choice} trains in one process, but this job has {world} ranks; "
                         "pass deepspeed=zero1|zero2|zero3 (configs/deepspeed/)")
     check_allocation(world)
     if int(tcfg.pairs_per_step) < world:
@@ -83,7 +83,7 @@ def validate(cfg: DictConfig) -> str:
                         f"up to model.max_length={max_length} tokens need {need}; raise it or lower model.max_length")
     if cfg.get("deepspeed") is not None and tcfg.precision == "bf16" and not _bf16_supported():
         raise UserError("trainer.precision=bf16 but this machine has no bf16 support; use trainer.precision=fp32")
-    return engine
+    return engine_choice
 
 
 def check_allocation(world: int) -> None:
@@ -93,11 +93,9 @@ def check_allocation(world: int) -> None:
     if os.environ.get("SUBMITIT_EXECUTOR") != "slurm" or not HydraConfig.initialized():
         return
     launcher = HydraConfig.get().launcher
-    try:
-        wanted = int(launcher.nodes) * int(launcher.tasks_per_node)
-    except Exception:  # a launcher config without these fields
+    if launcher.get("nodes") is None or launcher.get("tasks_per_node") is None:
         return
-    if wanted != world:
+    if int(launcher.nodes) * int(launcher.tasks_per_node) != world:
         raise UserError(f"this SLURM job has {world} tasks but its config asks for hydra.launcher.nodes x tasks_per_node = "
                         f"{launcher.nodes} x {launcher.tasks_per_node}: Hydra's submitit launcher gives every job of a multirun "
                         "the resources of the primary config; run one multirun per model (model=...)")
