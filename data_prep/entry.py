@@ -79,6 +79,26 @@ def compose(config_name: str, overrides: Sequence[str] = (), error: type[InputEr
         raise error(f"bad override for '{config_name}': {first}") from None
 
 
+def compose_option(group: str, option: str, key: str, error: type[InputError] = InputError):
+    """One option of a config group (`configs/<group>/<option>.yaml`, its own defaults list applied), composed on its own: for
+    a choice that a config value makes (Hydra's defaults list cannot read config values, e.g. train's `deepspeed=auto`).
+    Inside a Hydra job it is composed on that job's search path (so `hydra.searchpath` additions count); `key` names the
+    setting that chose it, for the error."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+
+    name = f"{group}/{option}"
+    try:
+        if GlobalHydra.instance().is_initialized():
+            return hydra_compose(config_name=name)[group]
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            return hydra_compose(config_name=name)[group]
+    except HydraException:
+        choices = sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+        raise error(f"{key}={option} is not a config in configs/{group}/ (choose from {', '.join(choices)})") from None
+
+
 def check(config_name: str, cfg, error: type[InputError] = InputError):
     """`cfg` checked against the verb's schema and rules (data_prep/schema.py), returned typed; one-line `error` otherwise."""
     return schema.check(config_name, cfg, error)

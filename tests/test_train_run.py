@@ -178,7 +178,87 @@ def test_deepspeed_null_and_the_slurm_launcher_configs_compose():
                    "--package", "hydra.launcher", "--resolve"])
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 0, out
-    assert "nodes: 8" in out and "tasks_per_node: 8" in out and "signal_delay_s: 300" in out and "SlurmLauncher" in out
+    assert "nodes: 8" in out and "tasks_per_node: 8" in out and "signal_delay_s: 900" in out and "SlurmLauncher" in out
+
+
+@pytest.mark.parametrize("args,stage,source", [
+    (["model=qwen2.5-72b"], 3, "deepspeed=zero3 (deepspeed=auto: model.train.deepspeed of qwen2.5-72b)"),
+    (["model=qwen2.5-7b"], 2, "deepspeed=zero2 (deepspeed=auto: model.train.deepspeed of qwen2.5-7b)"),
+    (["model=qwen2.5-72b", "model.train.deepspeed=zero3_offload"], 3, "deepspeed=zero3_offload (deepspeed=auto:"),
+    (["model=qwen2.5-72b", "deepspeed=zero1"], 1, "deepspeed=zero1"),
+    (["model=qwen2.5-72b", "deepspeed=null"], None, "deepspeed=null"),
+    (["model=tiny"], None, "deepspeed=null (deepspeed=auto: model.train.deepspeed of tiny)"),
+])
+def test_deepspeed_auto_is_the_models_recommendation_unless_overridden(args, stage, source):
+    from worldpm.config import compose
+    from worldpm.config.schemas import resolve_deepspeed
+
+    cfg = compose("train", ["data.path=x", *args])
+    assert resolve_deepspeed(cfg).startswith(source)
+    assert (cfg.deepspeed.zero_optimization.stage if cfg.get("deepspeed") is not None else None) == stage
+    if "offload" in source:
+        assert cfg.deepspeed.zero_optimization.offload_param.device == "cpu"
+
+
+def test_deepspeed_auto_errors_name_the_setting(data, monkeypatch, tmp_path):
+    from worldpm.config import compose
+    from worldpm.errors import UserError
+    from worldpm.config.schemas import resolve_deepspeed
+    from worldpm.train.prepare import validate
+
+    with pytest.raises(UserError, match=r"^model.train.deepspeed=zero9 is not a config in configs/deepspeed/ \(choose from "):
+        resolve_deepspeed(compose("train", ["data.path=x", "model.train.deepspeed=zero9"]))
+    monkeypatch.setenv("WORLD_SIZE", "2")  # a 2-rank job whose model recommends one process
+    with pytest.raises(UserError, match=r"deepspeed=null \(deepspeed=auto: model.train.deepspeed of tiny\) trains in one process, "
+                                        r"but this job has 2 ranks; pass deepspeed=zero1\|zero2\|zero3"):
+        validate(compose("train", [f"data.path={data}", f"output_dir={tmp_path}"]))
+
+
+def test_a_slurm_job_given_other_resources_than_its_config_asks_for_stops(monkeypatch):
+    """Hydra's submitit launcher submits a multirun's jobs with the primary config's resources; a job of another model
+    (another model.train.nodes) notices before training on the wrong number of GPUs."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from worldpm.config import config_dir
+    from worldpm.errors import UserError
+    from worldpm.config.schemas import check_allocation
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        cfg = compose("train", ["data.path=x", "model=qwen2.5-72b", "hydra/launcher=slurm"], return_hydra_config=True)
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    HydraConfig.instance().set_config(cfg)
+    try:
+        check_allocation(64)  # 8 nodes x 8 tasks, as model.train asks
+        with pytest.raises(UserError, match=r"this SLURM job has 8 tasks but its config asks for hydra.launcher.nodes x "
+                                            r"tasks_per_node = 8 x 8"):
+            check_allocation(8)
+        monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")  # submitit's local executor: tasks on this machine, not checked
+        check_allocation(8)
+    finally:
+        HydraConfig.instance().cfg = None
+
+
+def test_preemption_signals_reach_the_handler_that_was_there_before(monkeypatch):
+    """submitit installs its requeue handler on SIGUSR2 before the trainer starts: the trainer records the signal (and
+    checkpoints), then hands it on; every signal received is handed on, once, in order."""
+    from worldpm.train.checkpointing import PreemptionSignals
+
+    seen = []
+    before = {s: signal.signal(s, lambda signum, frame: seen.append(signum)) for s in (signal.SIGUSR2, signal.SIGTERM)}
+    try:
+        signals = PreemptionSignals()
+        for s in (signal.SIGTERM, signal.SIGUSR2, signal.SIGTERM):
+            signal.raise_signal(s)
+        assert signals.received == [signal.SIGTERM, signal.SIGUSR2] and seen == []
+        signals.forward()
+        assert seen == [signal.SIGTERM, signal.SIGUSR2]
+        assert signal.getsignal(signal.SIGUSR2) is not signals._handle  # restored
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
 
 
 @pytest.mark.parametrize("args,needle", [

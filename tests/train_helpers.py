@@ -50,8 +50,13 @@ def run_in_process(data, out, cache, *extra):
     return run(compose("train", overrides(data, out, cache, *extra)))
 
 
+# what an in-process DeepSpeed run leaves in this process's environment: a launched job must find its own
+RANK_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
 def env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+    inherited = {k: v for k, v in os.environ.items() if k not in RANK_VARIABLES}
+    return {**inherited, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
             "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
 
 

@@ -11,10 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import DictConfig, ListConfig
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, ListConfig, open_dict
 
+from data_prep.entry import compose_option
 from data_prep.records import dataset_problem
 from data_prep.schema import ConstraintError, check_path, register, section, setting
+from worldpm.errors import UserError
 
 # The choices of keys whose code needs torch: defined here (torch-free) and imported by that code, so they are stated once.
 DTYPE_CHOICES = ("auto", "checkpoint", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
@@ -195,7 +198,46 @@ class TrainConfig:
     sweep_data: Optional[dict[str, Any]] = setting(None)  # +sweep/data=<point>
 
 
+def resolve_deepspeed(cfg: DictConfig) -> str:
+    """`deepspeed=auto` (the default) becomes the model's recommended ZeRO config, `model.train.deepspeed` (null: plain PyTorch
+    in one process), in place in `cfg`, per job (a sweep over models gives each its own); an explicit `deepspeed=...` stays.
+    Returns what runs, and why, for the log and errors."""
+    chosen = cfg.get("deepspeed")
+    if chosen is None:
+        return "deepspeed=null"
+    if chosen.get("name") != "auto":
+        return f"deepspeed={chosen.get('name')}"
+    recommended = (cfg.model.get("train") or {}).get("deepspeed")
+    if recommended == "auto":
+        raise UserError(f"model.train.deepspeed=auto (model {cfg.model.name}) must name a config in configs/deepspeed/ or be null")
+    with open_dict(cfg):
+        cfg.deepspeed = None if recommended is None else compose_option("deepspeed", str(recommended), "model.train.deepspeed",
+                                                                         UserError)
+    return f"deepspeed={'null' if recommended is None else recommended} (deepspeed=auto: model.train.deepspeed of {cfg.model.name})"
+
+
+def expected_world_size() -> int:
+    """The number of ranks the launcher started, read before any process group exists (torchrun, SLURM, submitit)."""
+    return int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or os.environ.get("SUBMITIT_LOCAL_NTASKS") or 1)
+
+
+def check_allocation(world: int) -> None:
+    """A job of Hydra's submitit SLURM launcher has the resources the launcher resolved from the multirun's primary config;
+    its own config (e.g. another model's `model.train.nodes`) may ask for others: say so instead of training on the wrong
+    number of GPUs."""
+    if os.environ.get("SUBMITIT_EXECUTOR") != "slurm" or not HydraConfig.initialized():
+        return
+    launcher = HydraConfig.get().launcher
+    if launcher.get("nodes") is None or launcher.get("tasks_per_node") is None:
+        return
+    if int(launcher.nodes) * int(launcher.tasks_per_node) != world:
+        raise UserError(f"this SLURM job has {world} tasks but its config asks for hydra.launcher.nodes x tasks_per_node = "
+                        f"{launcher.nodes} x {launcher.tasks_per_node}: Hydra's submitit launcher gives every job of a multirun "
+                        "the resources of the primary config; run one multirun per model (model=...)")
+
+
 def check_train(cfg: DictConfig) -> None:
+    engine = resolve_deepspeed(cfg)
     if not str(cfg.output_dir).strip():
         raise ConstraintError("output_dir is empty")
     for key, path in [("data.path", cfg.data.path)] + [(f"data.mix[{i}].path", m.path) for i, m in enumerate(cfg.data.mix)]:
@@ -213,7 +255,11 @@ def check_train(cfg: DictConfig) -> None:
         stage = (cfg.deepspeed.get("zero_optimization") or {}).get("stage")
         if stage not in (0, 1, 2, 3):
             raise ConstraintError(f"deepspeed.zero_optimization.stage={stage!r} must be 0, 1, 2 or 3")
-    world = int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or 1)
+    world = expected_world_size()
+    if cfg.deepspeed is None and world > 1:
+        raise ConstraintError(f"{engine} trains in one process, but this job has {world} ranks; pass deepspeed=zero1|zero2|zero3 "
+                              "(configs/deepspeed/)")
+    check_allocation(world)
     if cfg.trainer.pairs_per_step < world:
         raise ConstraintError(f"trainer.pairs_per_step={cfg.trainer.pairs_per_step} is smaller than the {world} ranks of this "
                               "job: every rank needs at least one pair per step")

@@ -4,6 +4,7 @@ Layout (binding for evaluation and scaling; worldpm.run_layout is its torch-free
 
     output_dir/checkpoints/step-00000120/
         deepspeed/ | torch_state.pt      engine state (weights, optimizer, lr schedule), per rank under ZeRO
+        deepspeed_universal/             the ZeRO state whole per parameter, made when a job of another rank count resumes it
         rng/rank-00000.pt ...            every rank's RNG state
         data.json                        the data stream's position (PairStream.state_dict) and the run counters
         hf/                              the model in the checkpoint contract, gathered from ZeRO-3 partitions (trainer.save_hf)
@@ -180,10 +181,7 @@ def save(engine, output_dir: Path, step: int, state: dict, data_state: dict, dis
 def load(engine, checkpoint: Path, dist: Dist) -> tuple[dict, dict]:
     """Restore engine state and this rank's RNG from a checkpoint; returns (state.json, data.json)."""
     state = _read_state(checkpoint)
-    if state.get("world_size") not in (None, dist.world_size) and engine.stage is not None:
-        raise UserError(f"{checkpoint} was written by {state['world_size']} ranks but this job has {dist.world_size}; DeepSpeed "
-                        "ZeRO state is per rank: resume with the same number of ranks")
-    engine.load_state(checkpoint)
+    engine.load_state(checkpoint, int(state.get("world_size") or dist.world_size), state.get("zero_stage", engine.stage))
     rng_file = checkpoint / "rng" / f"rank-{dist.rank:05d}.pt"
     if rng_file.exists():
         set_rng_state(torch.load(rng_file, weights_only=False))
@@ -208,18 +206,19 @@ def export_final(engine, output_dir: Path, meta: ExportMeta, state: dict, dist: 
 
 # ---------------------------------------------------------------------------------------------------------------- signals
 class PreemptionSignals:
-    """SIGTERM / SIGUSR1 (cluster preemption, SLURM's --signal) ask the run to checkpoint at the end of the current step and stop.
+    """SIGTERM, SIGUSR1 (SLURM's --signal, preemption) and submitit's preemption signal (SIGUSR2 unless SUBMITIT_PREEMPT_SIGNAL
+    says otherwise) ask the run to checkpoint at the end of the current step and stop.
 
     The handler only records the signal; the loop agrees across ranks (any rank signalled = all stop at the same step), saves,
-    then hands the signal to whatever handler was installed before (e.g. submitit's, which requeues the job).
+    then hands each signal received to whatever handler was installed before: under submitit, its handler requeues the job
+    (rank 0, after our checkpoint, instead of mid-step without one).
     """
 
-    SIGNALS = ("SIGTERM", "SIGUSR1")
-
     def __init__(self):
-        self.received: int | None = None
+        self.received: list[int] = []  # in order of arrival, each once
         self.previous: dict[int, object] = {}
-        for name in self.SIGNALS:
+        names = {"SIGTERM", "SIGUSR1", "SIGUSR2", "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")}
+        for name in sorted(names):
             sig = getattr(signal, name, None)
             if sig is not None:
                 try:
@@ -228,15 +227,18 @@ class PreemptionSignals:
                     pass
 
     def _handle(self, signum, frame):
-        self.received = signum
+        if signum not in self.received:
+            self.received.append(signum)
 
     def restore(self) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
 
     def forward(self) -> None:
-        """After the checkpoint: give the signal to the handler that was there before ours (e.g. submitit's requeue)."""
-        handler = self.previous.get(self.received) if self.received is not None else None
+        """After the checkpoint: give each signal received to the handler that was there before ours (e.g. submitit's, which
+        requeues the job and exits)."""
         self.restore()
-        if callable(handler):
-            handler(self.received, None)
+        for sig in self.received:
+            handler = self.previous.get(sig)
+            if callable(handler):
+                handler(sig, None)

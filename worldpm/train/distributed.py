@@ -38,11 +38,6 @@ def _scheduler_ntasks() -> int:
     return int(os.environ.get("SLURM_NTASKS") or os.environ.get("SUBMITIT_LOCAL_NTASKS") or 1)
 
 
-def expected_world_size() -> int:
-    """The number of ranks the launcher started, read before any process group exists (torchrun, SLURM, submitit)."""
-    return int(os.environ.get("WORLD_SIZE") or _scheduler_ntasks())
-
-
 def _from_scheduler() -> None:
     """SLURM tasks (srun, submitit) and submitit's local tasks carry their own rank variables, not torch's: translate them."""
     if "RANK" in os.environ:

@@ -11,17 +11,25 @@ that the gradient is that of the mean loss over the step's global pairs (see rec
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
 import copy
 import logging
 import math
+import os
+import shutil
+import sys
+from functools import partial
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
-from worldpm.train.distributed import Dist
+from worldpm.atomic_dir import replace_dir
 from worldpm.config.schemas import SCHEDULES
+from worldpm.train.distributed import Dist
 from worldpm.errors import UserError
+from worldpm.train.distributed import Dist, main_first
 
 log = logging.getLogger("worldpm.train")
 
@@ -109,6 +117,30 @@ def optimizer_kind(ds_cfg: Mapping[str, Any] | None, tcfg) -> str:
     return kind
 
 
+UNIVERSAL_TAG = "deepspeed_universal"  # beside a checkpoint's deepspeed/: its ZeRO state, whole per parameter
+
+
+def universal_checkpoint(directory: Path) -> Path:
+    """`directory/deepspeed_universal/`: the per-rank ZeRO state in `directory/deepspeed/` converted by DeepSpeed's
+    ds_to_universal (ZeRO-1/2/3) into one folder per parameter with its fp32 weights and Adam moments. Made once, atomically
+    (a kill mid-way leaves a .tmp directory that the next attempt replaces)."""
+    target = directory / UNIVERSAL_TAG
+    if target.is_dir():
+        return target
+    from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+
+    tmp = directory / f".{UNIVERSAL_TAG}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    workers = max(1, min(8, len(os.sched_getaffinity(0)) // 2))  # 1 = in this process (no fork of a process-group member)
+    log.info("converting %s to DeepSpeed's universal checkpoint (%d workers)", directory / "deepspeed", workers)
+    with contextlib.redirect_stdout(sys.stderr):  # its progress lines are not the run's output
+        ds_to_universal(argparse.Namespace(input_folder=str(directory / "deepspeed"), output_folder=str(tmp),
+                                           num_extract_workers=workers, num_merge_workers=workers, keep_temp_folder=False,
+                                           strict=True, inject_missing_state=True))
+    replace_dir(tmp, target)
+    return target
+
+
 class DeepSpeedEngine:
     def __init__(self, model, ds_config: dict, tcfg, total_steps: int, dist: Dist, hf_ds_config=None):
         import deepspeed
@@ -154,11 +186,34 @@ class DeepSpeedEngine:
     def save_state(self, directory: Path) -> None:
         self.engine.save_checkpoint(str(directory), tag="deepspeed", save_latest=False)
 
-    def load_state(self, directory: Path) -> None:
-        path, _ = self.engine.load_checkpoint(str(directory), tag="deepspeed", load_optimizer_states=True,
-                                              load_lr_scheduler_states=True)
+    def load_state(self, directory: Path, world_size: int, stage: int | None) -> None:
+        """Restore the ZeRO state that `world_size` ranks saved in `directory` under ZeRO `stage`. Saved by another number of
+        ranks, it is first converted (once, by rank 0) into DeepSpeed's universal checkpoint, which holds every parameter
+        whole (fp32 weights and Adam moments) and loads into any number of ranks. DeepSpeed's universal format differs
+        between ZeRO-3 and ZeRO-1/2, so the stage must stay (offload may change)."""
+        if not (directory / "deepspeed").is_dir():
+            raise UserError(f"{directory} holds the state of the PyTorch engine (deepspeed=null), which DeepSpeed cannot load; "
+                            "resume it with deepspeed=null, or start a new run from its model with init_from=")
+        if (stage == 3) != (self.stage == 3):
+            raise UserError(f"{directory} holds ZeRO-{stage} state, which ZeRO-{self.stage} cannot load; resume it with a "
+                            f"ZeRO-{stage} config (any number of ranks) or in one process with deepspeed=null")
+        universal = world_size != self.dist.world_size
+        if universal:
+            log.info("resuming the ZeRO-%s state of %d ranks on %d ranks through a universal checkpoint", stage, world_size,
+                     self.dist.world_size)
+            main_first(self.dist, partial(universal_checkpoint, directory))
+        # DeepSpeed reads this flag when it loads (nothing before depends on it), so one engine loads either layout
+        self.engine._config.load_universal_checkpoint = universal
+        path, _ = self.engine.load_checkpoint(str(directory), tag=UNIVERSAL_TAG if universal else "deepspeed",
+                                              load_optimizer_states=True, load_lr_scheduler_states=True)
         if path is None:
             raise UserError(f"could not load the DeepSpeed state in {directory}")
+        if universal:
+            # DeepSpeed's universal load hands every parameter group one shared `step` tensor, which torch's Adam increments
+            # in place once per group: the second group would count two steps per update (a wrong bias correction)
+            for state in self.engine.optimizer.optimizer.state.values():
+                if torch.is_tensor(state.get("step")):
+                    state["step"] = state["step"].clone()
 
     def full_state_dict(self) -> dict | None:
         """The whole model's weights on rank 0 (None elsewhere); ZeRO-3 gathers them layer by layer. Collective."""
@@ -239,14 +294,32 @@ class TorchEngine:
         torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                     "scheduler": self.scheduler.state_dict()}, directory / "torch_state.pt")
 
-    def load_state(self, directory: Path) -> None:
-        state = torch.load(directory / "torch_state.pt", map_location=self.device, weights_only=False)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+    def load_state(self, directory: Path, world_size: int, stage: int | None) -> None:
+        """Restore a torch engine's state, or a DeepSpeed one (any stage, any number of ranks) from its universal form."""
+        if (directory / "torch_state.pt").exists():
+            state = torch.load(directory / "torch_state.pt", map_location=self.device, weights_only=False)
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            return
+        log.info("resuming the ZeRO-%s state of %d ranks in one process through a universal checkpoint", stage, world_size)
+        zero = universal_checkpoint(directory) / "zero"
+        step = torch.load(zero / "optimizer_state.pt", weights_only=False)["optimizer_state_dict"]["state"][0]["step"]
+        for name, p in self.model.named_parameters():
+            whole = {key: _universal_tensor(zero / name / f"{key}.pt").view_as(p).to(self.device)
+                     for key in ("fp32", "exp_avg", "exp_avg_sq")}
+            p.data.copy_(whole.pop("fp32"))
+            self.optimizer.state[p] = {"step": torch.as_tensor(step, dtype=torch.float32).clone(), **whole}
+        model_states = sorted(zero.parent.glob("*model_states.pt"))[0]  # the lr schedule, as every rank saved it
+        self.scheduler.load_state_dict(torch.load(model_states, weights_only=False)["lr_scheduler"])
 
     def full_state_dict(self) -> dict:
         return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+
+
+def _universal_tensor(path: Path) -> torch.Tensor:
+    saved = torch.load(path, weights_only=False)  # ZeRO-3 conversions save the tensor, ZeRO-1/2 ones {"param": tensor, ...}
+    return saved["param"] if isinstance(saved, dict) else saved
 
 
 def make_engine(model, ds_config: dict | None, tcfg, total_steps: int, dist: Dist, hf_ds_config=None):

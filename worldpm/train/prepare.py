@@ -3,6 +3,7 @@ the held-out pairs evaluated along the run. Every check here runs before a proce
 from __future__ import annotations
 
 import logging
+import os
 import random
 import re
 from pathlib import Path
@@ -10,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from huggingface_hub.serialization import _torch as hub_torch
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm import tqdm
 
 from worldpm.config import check

@@ -2,16 +2,18 @@
 
 Supports: one process (`deepspeed=null`: plain PyTorch, for debugging and small models) or every rank of a DeepSpeed ZeRO-1/2/3
 job (+ CPU offload) started by torchrun, `deepspeed --no_local_rank`, SLURM srun or Hydra's submitit launcher, on one node or
-many; fp32 or bf16; activation checkpointing; padding-free packing (`data.packing`); several datasets mixed by weight
-(`data.mix`); a margin column; exact resume (engine state, data position, RNG) and preemption (SIGTERM/SIGUSR1 -> checkpoint).
+many, with the model's recommended ZeRO config by default (`deepspeed=auto`: model.train.deepspeed); fp32 or bf16; activation
+checkpointing; padding-free packing (`data.packing`); several datasets mixed by weight (`data.mix`); a margin column; exact
+resume (engine state, data position, RNG), also on another number of ranks (universal checkpoint); preemption and time
+limits (SIGTERM/SIGUSR1/SIGUSR2 -> checkpoint, then the launcher's own handler, e.g. submitit's requeue).
 Assumes: `data.path` is a `worldpm collect` output (PairRecord shards); the model is a `model=` config (a pretrained backbone,
 a reward checkpoint through `init_from`, or a random init such as model=tiny).
 
-    check the config, join the job           prepare.validate, train.distributed
+    check the config, join the job           prepare.validate (deepspeed=auto resolved), train.distributed
     build the reward model                   prepare.build_model (ZeRO-3: partitioned as it is built)
     tokenise the pairs once, cached          data.pairs (with the model's encoder; rank 0 first, the others read its cache)
     build the engine                         train.engine (DeepSpeed ZeRO 1/2/3 or PyTorch; AdamW, warmup + schedule)
-    resume from the newest checkpoint        train.checkpointing
+    resume from the newest checkpoint        train.checkpointing (another rank count: train.engine's universal checkpoint)
     each step: draw pairs, pack this rank's share, forward + BT loss + backward, optimizer step, metrics, eval, checkpoint
     export output_dir/final/ (checkpoint contract)
 
@@ -48,7 +50,7 @@ log = logging.getLogger("worldpm.train")
 
 
 def run(cfg: DictConfig) -> dict:
-    cfg = validate(cfg)
+    cfg = validate(cfg)  # typed; deepspeed=auto has become the model's recommended ZeRO config
     dist = distributed.init(use_deepspeed=cfg.get("deepspeed") is not None, shm_comm=bool(cfg.trainer.shm_comm))
     signals = PreemptionSignals()
     try:
@@ -74,9 +76,10 @@ def train(cfg: DictConfig, dist: distributed.Dist, signals: PreemptionSignals) -
                         int(dcfg.max_tokens_per_micro_batch), compute_dtype,
                         model.tokenizer.convert_tokens_to_ids(PAD_TOKEN), dist.rank, dist.world_size, dist.device)
     export = ExportMeta(model.config, model.tokenizer, model.spec, lora)
-    log.info("model %s: %s parameters (%s non-embedding), head %s, attention %s, %s%s; from %s", info["model_name"],
-             f"{info['n_params']:,}", f"{info['n_params_non_embedding']:,}", model.spec.head, batching.attn_implementation,
-             tcfg.precision, ", activation checkpointing" if tcfg.activation_checkpointing else "", info["init"])
+    log.info("model %s: %s parameters (%s non-embedding), head %s, attention %s, %s%s; from %s; deepspeed=%s on %d ranks",
+             info["model_name"], f"{info['n_params']:,}", f"{info['n_params_non_embedding']:,}", model.spec.head,
+             batching.attn_implementation, tcfg.precision, ", activation checkpointing" if tcfg.activation_checkpointing else "",
+             info["init"], cfg.deepspeed.name if cfg.deepspeed is not None else "null", dist.world_size)
     if lora is not None:
         log.info("LoRA r=%d alpha=%g on %s%s: %s trainable parameters (%s in adapters, the rest the reward head); exports merge "
                  "the adapters", lora.settings.r, lora.settings.alpha, ",".join(lora.settings.target_modules),
@@ -101,8 +104,8 @@ def train(cfg: DictConfig, dist: distributed.Dist, signals: PreemptionSignals) -
     # 4. resume: engine state, data position, RNG, counters
     stream = PairStream([len(t) for t in tables], [s.weight for s in data], seed)
     counters = {"step": 0, "pairs_seen": 0, "tokens_seen": 0, "skipped_steps": 0, "nonfinite_losses": 0}
-    run_info = {**info, "seed": seed, "data_path": str(data[0].path), "world_size": dist.world_size, "max_steps": max_steps,
-                "pairs_per_step": pairs_per_step}
+    run_info = {**info, "seed": seed, "data_path": str(data[0].path), "world_size": dist.world_size, "zero_stage": engine.stage,
+                "max_steps": max_steps, "pairs_per_step": pairs_per_step}
     resume_from = checkpointing.resolve_resume(out, tcfg.resume)
     if resume_from is not None:
         state, data_state = checkpointing.load(engine, resume_from, dist)
@@ -130,7 +133,7 @@ def train(cfg: DictConfig, dist: distributed.Dist, signals: PreemptionSignals) -
         lr = engine.lr()
         stats, counts = train_step(engine, batches, batching, pairs_per_step, float(cfg.loss.center_coefficient))
         applied, grad_norm = engine.step()  # the update; skipped when the gradient is not finite
-        counts["stop"] = int(signals.received is not None)  # any rank signalled: all stop after this step
+        counts["stop"] = int(bool(signals.received))  # any rank signalled: all stop after this step
         s = reduce_step(stats, counts, dist)  # the step's one host sync
         step = counters["step"] = counters["step"] + 1
         nonfinite = s["nonfinite"] > 0 or not math.isfinite(s["loss"])
