@@ -6,6 +6,7 @@ path points to, are each verb's `check_*` function below. Keep this module torch
 """
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,7 +238,8 @@ def check_allocation(world: int) -> None:
 
 
 def check_train(cfg: DictConfig) -> None:
-    engine = resolve_deepspeed(cfg)
+    resolved = copy.deepcopy(cfg)  # the recipe resolves deepspeed=auto itself, to log where its choice came from
+    engine = resolve_deepspeed(resolved)
     if not str(cfg.output_dir).strip():
         raise ConstraintError("output_dir is empty")
     for key, path in [("data.path", cfg.data.path)] + [(f"data.mix[{i}].path", m.path) for i, m in enumerate(cfg.data.mix)]:
@@ -251,12 +253,12 @@ def check_train(cfg: DictConfig) -> None:
                               "model.max_length")
     if len(cfg.trainer.betas) != 2:
         raise ConstraintError(f"trainer.betas={list(cfg.trainer.betas)} must be two numbers, e.g. [0.9,0.95]")
-    if cfg.deepspeed is not None:
-        stage = (cfg.deepspeed.get("zero_optimization") or {}).get("stage")
+    if resolved.deepspeed is not None:
+        stage = (resolved.deepspeed.get("zero_optimization") or {}).get("stage")
         if stage not in (0, 1, 2, 3):
             raise ConstraintError(f"deepspeed.zero_optimization.stage={stage!r} must be 0, 1, 2 or 3")
     world = expected_world_size()
-    if cfg.deepspeed is None and world > 1:
+    if resolved.deepspeed is None and world > 1:
         raise ConstraintError(f"{engine} trains in one process, but this job has {world} ranks; pass deepspeed=zero1|zero2|zero3 "
                               "(configs/deepspeed/)")
     check_allocation(world)

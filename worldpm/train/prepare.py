@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm import tqdm
 
 from worldpm.config import check
+from worldpm.config.schemas import resolve_deepspeed
 from worldpm.errors import UserError
 from worldpm.model.checkpoint import has_reward_head
 from worldpm.model.loader import load_reward_model
@@ -25,14 +26,16 @@ from worldpm.train import checkpointing, distributed
 
 log = logging.getLogger("worldpm.train")
 
-def validate(cfg: DictConfig) -> DictConfig:
+def validate(cfg: DictConfig) -> tuple[DictConfig, str]:
     """The config checked against train's schema (worldpm/config/schemas.py: types, ranges, paths, the micro-batch budget,
-    ranks vs pairs per step), then what only this machine can tell; the typed config. One-line UserErrors naming the key."""
+    ranks vs pairs per step, the ZeRO choice), `deepspeed=auto` resolved in place, then what only this machine can tell.
+    Returns the typed config and what engine runs (and why), for the log. One-line UserErrors naming the key."""
     cfg = check("train", cfg)
+    engine = resolve_deepspeed(cfg)
     if cfg.deepspeed is not None and cfg.trainer.precision == "bf16" and not _bf16_supported():
         raise UserError("trainer.precision=bf16 but this machine has no bf16 support; use trainer.precision=fp32")
     check_quantization(lora_settings(cfg.model.get("lora")), cfg.get("deepspeed"))
-    return cfg
+    return cfg, engine
 
 
 def _bf16_supported() -> bool:

@@ -50,18 +50,18 @@ log = logging.getLogger("worldpm.train")
 
 
 def run(cfg: DictConfig) -> dict:
-    cfg = validate(cfg)  # typed; deepspeed=auto has become the model's recommended ZeRO config
+    cfg, engine_choice = validate(cfg)  # typed; deepspeed=auto has become the model's recommended ZeRO config
     dist = distributed.init(use_deepspeed=cfg.get("deepspeed") is not None, shm_comm=bool(cfg.trainer.shm_comm))
     signals = PreemptionSignals()
     try:
-        result = train(cfg, dist, signals)
+        result = train(cfg, dist, signals, engine_choice)
     finally:
         signals.restore()
     signals.forward()  # a preempted run has saved its checkpoint; now e.g. submitit may requeue the job
     return result
 
 
-def train(cfg: DictConfig, dist: distributed.Dist, signals: PreemptionSignals) -> dict:
+def train(cfg: DictConfig, dist: distributed.Dist, signals: PreemptionSignals, engine_choice: str) -> dict:
     tcfg, dcfg, out = cfg.trainer, cfg.data, Path(cfg.output_dir)
     setup_logging(out, dist)
     seed = int(tcfg.seed)
@@ -76,10 +76,10 @@ def train(cfg: DictConfig, dist: distributed.Dist, signals: PreemptionSignals) -
                         int(dcfg.max_tokens_per_micro_batch), compute_dtype,
                         model.tokenizer.convert_tokens_to_ids(PAD_TOKEN), dist.rank, dist.world_size, dist.device)
     export = ExportMeta(model.config, model.tokenizer, model.spec, lora)
-    log.info("model %s: %s parameters (%s non-embedding), head %s, attention %s, %s%s; from %s; deepspeed=%s on %d ranks",
+    log.info("model %s: %s parameters (%s non-embedding), head %s, attention %s, %s%s; from %s; %s on %d ranks",
              info["model_name"], f"{info['n_params']:,}", f"{info['n_params_non_embedding']:,}", model.spec.head,
              batching.attn_implementation, tcfg.precision, ", activation checkpointing" if tcfg.activation_checkpointing else "",
-             info["init"], cfg.deepspeed.name if cfg.deepspeed is not None else "null", dist.world_size)
+             info["init"], engine_choice, dist.world_size)
     if lora is not None:
         log.info("LoRA r=%d alpha=%g on %s%s: %s trainable parameters (%s in adapters, the rest the reward head); exports merge "
                  "the adapters", lora.settings.r, lora.settings.alpha, ",".join(lora.settings.target_modules),
