@@ -1,4 +1,5 @@
-"""`worldpm collect`: forum dumps -> PairRecord shards, every input row accounted for.
+"""`worldpm collect`: forum dumps -> PairRecord shards (and, with output.threads, ThreadRecord shards), every input row
+accounted for.
 
 The job is a list of blocks (data_prep.blocks: readers -> filters -> writers, each counting what it kept and dropped, with a
 reason) run in three phases (data_prep.pipeline):
@@ -34,7 +35,7 @@ from data_prep.records import clear_output_dir, write_json_atomic, write_jsonl_a
 
 log = logging.getLogger("worldpm.collect")
 
-OUTPUT_NAMES = ("train", "test", "stats.json", "rejects.jsonl", "manifest.json", ".work")
+OUTPUT_NAMES = ("train", "test", "threads", "stats.json", "rejects.jsonl", "manifest.json", ".work")
 # stats.json and manifest.json; rejects.jsonl has the same but one sample per line
 JSON_FORMAT = {"indent": 2, "ensure_ascii": False, "default": str}
 SOURCES = ("stackexchange", "reddit")
@@ -136,6 +137,7 @@ def _validate(cfg: DictConfig) -> None:
         (0 < float(cfg.dedup.near.threshold) <= 1, f"dedup.near.threshold={cfg.dedup.near.threshold} must be in (0, 1]"),
         (isinstance(cfg.output.max_rows_per_shard, int) and cfg.output.max_rows_per_shard >= 1,
          f"output.max_rows_per_shard={cfg.output.max_rows_per_shard} must be an integer >= 1"),
+        (isinstance(cfg.output.get("threads", False), bool), f"output.threads={cfg.output.get('threads')} must be true or false"),
     ]
     for ok, message in checks:
         if not ok:
@@ -237,7 +239,7 @@ def run(cfg: DictConfig) -> dict:
     # phase 2, one task per id range of each store, in parallel: threads -> contamination -> length -> pairing -> MinHash
     pair_job = [ContaminationFilter(index, ccfg.mode, bool(ccfg.check_replies)),
                 LengthFilter(pcfg.min_reply_chars, pcfg.max_reply_chars),
-                Pairing(pcfg),
+                Pairing(pcfg, threads=bool(cfg.output.threads)),
                 FlaggedPairs(bool(index) and ccfg.mode == "flag"),
                 MinHashSignature(bool(near.enabled), near.num_perm, near.shingle_words)]
     ranges = _id_ranges(source, stores, int(cfg.partitions), work, scfg)
@@ -248,7 +250,7 @@ def run(cfg: DictConfig) -> dict:
                                          unit="thread", shared=pair_job)
 
     # phase 3, one process, in canonical order (site, thread id): near-duplicate threads -> exact pair dedup -> split -> shards
-    output = ShardOutput(out_dir, cfg.output.max_rows_per_shard)
+    output = ShardOutput(out_dir, cfg.output.max_rows_per_shard, threads=bool(cfg.output.threads))
     write_job = [ThreadPairsReader([r["out"] for r in results]),
                  NearDuplicateFilter(bool(near.enabled), work / "near.sqlite", near.num_perm, near.threshold),
                  ExactDedup(bool(cfg.dedup.exact), work / "exact.sqlite"),
@@ -273,7 +275,8 @@ def run(cfg: DictConfig) -> dict:
         "complete": True, "format": "worldpm PairRecord shards", "source": source, "inputs": inputs,
         "shards": output.shards, "counts": {"train": summary["output"]["train"], "test": summary["output"]["test"],
                                             "threads": summary["threads_out"]["written"],
-                                            "rows_read": {t: v["read"] for t, v in summary["rows"].items()}},
+                                            "rows_read": {t: v["read"] for t, v in summary["rows"].items()},
+                                            **({"thread_shards": summary["thread_shards"]} if "thread_shards" in summary else {})},
         "config": OmegaConf.to_container(cfg, resolve=True), "timings": timings,
         "seconds": round(time.perf_counter() - t_start, 3), "store_bytes": store_bytes,
     }

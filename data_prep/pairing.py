@@ -149,11 +149,22 @@ def _candidates_numpy(scores: list[float], gap: float) -> tuple[list, int, int]:
     return list(zip(hi_[keep].tolist(), lo_[keep].tolist())), int(equal.sum()), int(below.sum())
 
 
-def make_pairs(thread: Thread, replies: list[Reply], cfg, stats: Stats) -> list[dict]:
-    """PairRecord rows for one thread. Every unordered reply pair is counted in block `pairs` under one outcome:
-    equal_score, score_gap_below_min, preferred_written_earlier, over_max_per_question or sampled."""
+def reply_scores(replies: list[Reply], rule: str) -> list[float]:
+    """Each reply's score under `rule`: what pairs compare (PairRecord chosen/rejected_score, ThreadRecord answer score)."""
+    return [float(r.score) for r in replies] if rule == "net" else [effective_score(r, rule) for r in replies]
+
+
+def answer_meta(reply: Reply) -> dict:
+    """A reply's provenance block: the `chosen` / `rejected` part of a pair's meta, and a thread answer's meta."""
+    return {"id": reply.id, "score": reply.score, "accepted": reply.accepted, **reply.meta}
+
+
+def make_pairs(thread: Thread, replies: list[Reply], cfg, stats: Stats) -> tuple[list[dict], list[tuple[int, int]]]:
+    """PairRecord rows for one thread, and each as (chosen, rejected) indices into `replies`. Every unordered reply pair is
+    counted in block `pairs` under one outcome: equal_score, score_gap_below_min, preferred_written_earlier,
+    over_max_per_question or sampled."""
     rule, gap = cfg.score_rule, float(cfg.min_score_gap)
-    scores = [float(r.score) for r in replies] if rule == "net" else [effective_score(r, rule) for r in replies]
+    scores = reply_scores(replies, rule)
     if cfg.order_rule == "preferred_not_earlier" or len(replies) < VECTOR_MIN_REPLIES:
         candidates, equal, below_gap, earlier = _candidates_loop(scores, replies, gap, cfg.order_rule)
     else:
@@ -173,9 +184,7 @@ def make_pairs(thread: Thread, replies: list[Reply], cfg, stats: Stats) -> list[
     prompt = [{"role": "user", "content": thread.prompt}]
     for c, r in candidates:
         chosen, rejected = replies[c], replies[r]
-        meta = {**thread.meta, "score_rule": rule,
-                "chosen": {"id": chosen.id, "score": chosen.score, "accepted": chosen.accepted, **chosen.meta},
-                "rejected": {"id": rejected.id, "score": rejected.score, "accepted": rejected.accepted, **rejected.meta}}
+        meta = {**thread.meta, "score_rule": rule, "chosen": answer_meta(chosen), "rejected": answer_meta(rejected)}
         rows.append({
             "id": pair_id(thread.source, f"{thread.domain}/{thread.thread_id}", chosen.id, rejected.id),
             "source": thread.source, "domain": thread.domain, "thread_id": thread.thread_id, "prompt": prompt,
@@ -183,4 +192,15 @@ def make_pairs(thread: Thread, replies: list[Reply], cfg, stats: Stats) -> list[
             "chosen_score": scores[c], "rejected_score": scores[r],
             "meta": _META_JSON.encode(meta),
         })
-    return rows
+    return rows, candidates
+
+
+def thread_answers(replies: list[Reply], rule: str) -> list[dict]:
+    """A ThreadRecord's `answers` (data_prep.records): every reply with its text, the score pairs compare, and its meta."""
+    return [{"id": str(r.id), "text": r.text, "score": s, "meta": _META_JSON.encode(answer_meta(r))}
+            for r, s in zip(replies, reply_scores(replies, rule))]
+
+
+def thread_meta(thread: Thread, rule: str) -> str:
+    """A ThreadRecord's `meta`: the thread's provenance and the score rule (a pair's meta without its two answers)."""
+    return _META_JSON.encode({**thread.meta, "score_rule": rule})

@@ -97,14 +97,14 @@ class MetricsLog:
 
 
 def micro_batch_stats(rc: torch.Tensor, rr: torch.Tensor, objective: torch.Tensor) -> torch.Tensor:
-    """A micro-batch's STATS as one float64 tensor on the rewards' device (no host sync). `loss` is the plain BT loss, the
-    `objective` the loss trained on (with the margin and centring terms when set), summed over pairs."""
+    """A micro-batch's STATS as one float64 tensor on the rewards' device (no host sync), over its sampled pairs (rc, rr).
+    `loss` is the plain BT loss summed over the pairs; `objective` the loss trained on (margin, centring, listwise terms),
+    scaled so that the step's sum divided by its pairs is the step's weighted mean objective (train.loss)."""
     rc, rr = rc.float(), rr.float()
     losses = bt_losses(rc, rr)
-    n = rc.numel()
     finite = torch.isfinite(losses).all() & torch.isfinite(objective)
     values = {
-        "loss": losses.sum(), "objective": objective.double() * n, "correct": (rc > rr).sum(), "rc": rc.sum(),
+        "loss": losses.sum(), "objective": objective.double(), "correct": (rc > rr).sum(), "rc": rc.sum(),
         "rc2": (rc * rc).sum(), "rr": rr.sum(), "rr2": (rr * rr).sum(), "margin": (rc - rr).sum(), "nonfinite": ~finite,
     }
     return torch.stack([values[k].double() for k in STATS])

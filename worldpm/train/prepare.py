@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from worldpm.data.packing import ATTENTION, LAYOUTS
 from worldpm.data.stream import sources
+from worldpm.data.threads import Objective
 from worldpm.errors import UserError
 from worldpm.model.checkpoint import has_reward_head
 from worldpm.model.loader import load_reward_model
@@ -24,6 +25,7 @@ from worldpm.train.metrics import WANDB_MODES
 log = logging.getLogger("worldpm.train")
 
 PRECISIONS = ("fp32", "bf16")
+UNITS = ("auto", "pairs", "threads")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -31,13 +33,20 @@ def validate(cfg: DictConfig) -> None:
     tcfg, dcfg = cfg.trainer, cfg.data
     if not cfg.get("output_dir"):
         raise UserError("output_dir is not set")
-    sources(dcfg)  # data.path / data.mix exist and hold train shards
     if tcfg.precision not in PRECISIONS:
         raise UserError(f"trainer.precision={tcfg.precision!r} is not one of {PRECISIONS}")
     if dcfg.packing not in LAYOUTS:
         raise UserError(f"data.packing={dcfg.packing!r} is not one of {LAYOUTS}")
     if dcfg.attention not in ATTENTION:
         raise UserError(f"data.attention={dcfg.attention!r} is not one of {ATTENTION}")
+    objective, unit = objective_of(cfg), data_unit(cfg)
+    sources(dcfg, unit)  # data.path / data.mix exist and hold train shards (and thread shards for threads)
+    if objective.name == "listwise" and unit != "threads":
+        raise UserError("loss.objective=listwise reads whole threads: set data.unit=threads (or auto)")
+    if unit == "threads" and cfg.loss.get("margin_column"):
+        raise UserError("loss.margin_column is a column of pair shards; thread shards have none (data.unit=pairs)")
+    if objective.name == "listwise" and objective.likelihood == "plackett_luce" and float(cfg.loss.center_coefficient):
+        raise UserError("loss.center_coefficient centres pairs of rewards; with loss.listwise.likelihood=plackett_luce set it to 0")
     if str((cfg.get("wandb") or {}).get("mode", "disabled")) not in WANDB_MODES:
         raise UserError(f"wandb.mode={cfg.wandb.mode!r} is not one of {WANDB_MODES}")
     for key in ("pairs_per_step", "max_bad_steps", "log_every"):
@@ -58,6 +67,23 @@ def validate(cfg: DictConfig) -> None:
                         f"up to model.max_length={max_length} tokens need {need}; raise it or lower model.max_length")
     if cfg.get("deepspeed") is not None and tcfg.precision == "bf16" and not _bf16_supported():
         raise UserError("trainer.precision=bf16 but this machine has no bf16 support; use trainer.precision=fp32")
+
+
+def objective_of(cfg: DictConfig) -> Objective:
+    """`loss.objective` and its listwise options (a one-line UserError for a bad value)."""
+    listwise = cfg.loss.get("listwise") or {}
+    return Objective(str(cfg.loss.get("objective", "pairs")), str(listwise.get("likelihood", "bradley_terry")),
+                     str(listwise.get("weighting", "thread")))
+
+
+def data_unit(cfg: DictConfig) -> str:
+    """What a step draws (`data.unit`): `pairs` or `threads`; `auto` is threads for the listwise objective, else pairs."""
+    unit = str(cfg.data.get("unit", "auto"))
+    if unit not in UNITS:
+        raise UserError(f"data.unit={unit!r} is not one of {UNITS}")
+    if unit == "auto":
+        return "threads" if objective_of(cfg).name == "listwise" else "pairs"
+    return unit
 
 
 def _bf16_supported() -> bool:
