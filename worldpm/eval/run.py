@@ -58,7 +58,8 @@ def evaluate_model(model, benchmarks: Mapping[str, tuple[dict, list]], cfg: Dict
     max_padding = resolve_max_padding(cfg.get("max_padding", "auto"), model.device)
     for name, (bcfg, items) in benchmarks.items():
         scored = score_items(model, items, cfg.get("max_length"), int(cfg.max_tokens_per_batch), desc=name,
-                             max_batch_size=int(cfg.get("max_batch_size", 64)), max_padding=max_padding)
+                             max_batch_size=int(cfg.get("max_batch_size", 64)), max_padding=max_padding,
+                             shared_prompt=bool(cfg.get("shared_prompt", True)))
         for key in ("n_sequences", "n_unique", "n_truncated", "seconds"):
             totals[key] += getattr(scored, key)
         by_subtask: dict[str, list[int]] = defaultdict(list)

@@ -62,6 +62,13 @@ def check_conversation(conversation, where: str = "conversation") -> list[Mappin
     return list(conversation)
 
 
+def responses_conversations(prompt, responses: Sequence[str]) -> list[list[Mapping[str, str]]]:
+    """N responses to one prompt (a list of {role, content} messages, or a user message as a string) as N conversations."""
+    if isinstance(prompt, str):
+        prompt = [{"role": "user", "content": prompt}]
+    return [[*prompt, {"role": "assistant", "content": r}] for r in responses]
+
+
 def render(conversation, system_prompt: str = "") -> Rendered:
     """Render a conversation (ending with the assistant reply) into WorldPM's ChatML string with the reward token appended."""
     messages = check_conversation(conversation)

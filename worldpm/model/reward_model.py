@@ -16,7 +16,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel
 
 from worldpm.errors import UserError
-from worldpm.model.chat_format import PAD_TOKEN, ChatEncoder, EncodedBatch
+from worldpm.model.chat_format import PAD_TOKEN, ChatEncoder, EncodedBatch, responses_conversations
 from worldpm.model.checkpoint import (RewardSpec, load_backbone, read_config, read_head_tensors, save_checkpoint, spec_for,
                                       torch_dtype)
 from worldpm.model.padding import length_sorted_batches, pad_batch
@@ -139,17 +139,17 @@ class RewardModel(nn.Module):
                 if progress is not None:
                     progress(sum(lengths[i] for i in batch))
             if groups:
-                attention, implementation = segment_attention(self)
-                dtype = next(self.parameters()).dtype
-                for row in best_fit([g.cost for _, g in groups], max_tokens):
-                    ids, positions, segments, reward_index = pack([groups[j][1] for j in row])
-                    out = self(**segment_inputs(torch.tensor([ids]), torch.tensor([positions]), segments,
-                                                torch.tensor(reward_index), attention, implementation, dtype, dev))
-                    members = [i for j in row for i in groups[j][0]]
-                    for i, r in zip(members, out.tolist()):
-                        rewards[i] = r
-                    if progress is not None:
-                        progress(sum(lengths[i] for i in members))
+                with segment_attention(self) as (attention, implementation):
+                    dtype = next(self.parameters()).dtype
+                    for row in best_fit([g.cost for _, g in groups], max_tokens):
+                        ids, positions, segments, reward_index = pack([groups[j][1] for j in row])
+                        out = self(**segment_inputs(torch.tensor([ids]), torch.tensor([positions]), segments,
+                                                    torch.tensor(reward_index), attention, implementation, dtype, dev))
+                        members = [i for j in row for i in groups[j][0]]
+                        for i, r in zip(members, out.tolist()):
+                            rewards[i] = r
+                        if progress is not None:
+                            progress(sum(lengths[i] for i in members))
         finally:
             self.train(was_training)
         return rewards
@@ -162,9 +162,7 @@ class RewardModel(nn.Module):
     def score_responses(self, prompt, responses: Sequence[str], max_length: int | None = None, **batching) -> list[float]:
         """Rewards for N responses to one prompt (a list of {role, content} messages, or a user message as a string), the
         prompt encoded once: best-of-N selection, RLHF rollouts."""
-        if isinstance(prompt, str):
-            prompt = [{"role": "user", "content": prompt}]
-        return self.score([[*prompt, {"role": "assistant", "content": r}] for r in responses], max_length, **batching)
+        return self.score(responses_conversations(prompt, responses), max_length, **batching)
 
     def score_texts(self, texts: Sequence[str], max_length: int | None = None, **batching) -> list[float]:
         """Rewards for already-rendered ChatML texts (OpenRLHF's protocol); the reward token is appended when absent."""

@@ -18,8 +18,9 @@ scoring (RewardModel.score_ids: N responses to one prompt, the prompt encoded on
 from __future__ import annotations
 
 import bisect
+import contextlib
 from dataclasses import dataclass
-from typing import Hashable, Sequence
+from typing import Hashable, Iterator, Sequence
 
 import torch
 
@@ -228,14 +229,21 @@ def segment_inputs(input_ids: torch.Tensor, position_ids: torch.Tensor, segments
     return kwargs
 
 
-def segment_attention(model) -> tuple[str, str]:
-    """(attention path, implementation) for scoring shared-prompt rows with `model`: an eager model keeps eager and takes the
-    block mask; otherwise the backbone switches to worldpm_varlen, which is plain SDPA for padded batches (its mask function
-    then builds transformers' own), so the model scores padded batches as before."""
+@contextlib.contextmanager
+def segment_attention(model) -> Iterator[tuple[str, str]]:
+    """(attention path, implementation) for scoring shared-prompt rows with `model`, for the time of the block: an eager model
+    keeps eager and takes the block mask; otherwise the backbone runs worldpm_varlen and gets its own implementation back
+    afterwards (no side effect on later calls)."""
     current = model.config._attn_implementation
     if current == "eager":
-        return "block_mask", current
-    if current != VARLEN_IMPLEMENTATION:
-        register_varlen_attention()
-        model.model.set_attn_implementation(VARLEN_IMPLEMENTATION)
-    return "varlen", VARLEN_IMPLEMENTATION
+        yield "block_mask", current
+        return
+    if current == VARLEN_IMPLEMENTATION:
+        yield "varlen", current
+        return
+    register_varlen_attention()
+    model.model.set_attn_implementation(VARLEN_IMPLEMENTATION)
+    try:
+        yield "varlen", VARLEN_IMPLEMENTATION
+    finally:
+        model.model.set_attn_implementation(current)
