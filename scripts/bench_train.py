@@ -105,6 +105,13 @@ def run_trl(out: Path, tokenizer_dir: Path, args) -> dict:
     return json.loads(result.read_text())
 
 
+def write_results(out: Path, stats: dict, args, **sections) -> None:
+    """out/bench.json: the data's statistics, the arguments, and the benchmark's sections."""
+    (out / "bench.json").write_text(json.dumps({"data": stats, "args": {k: str(v) for k, v in vars(args).items()}, **sections},
+                                               indent=2) + "\n")
+    print(f"\nwrote {out / 'bench.json'}")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/bench_train")
@@ -152,9 +159,7 @@ def main(argv=None) -> None:
         s["speedup_vs_trl"] = s["tokens_per_s"] / trl["tokens_per_s"]
         print(f"{s['framework']:<58} {s['tokens_per_s']:>13,.0f} {100 * s['padding_fraction']:>7.1f}% {s['step_time_s']:>7.2f} "
               f"{s['speedup_vs_trl']:>6.2f}x")
-    (out / "bench.json").write_text(json.dumps({"data": stats, "args": {k: str(v) for k, v in vars(args).items()},
-                                                "summary": summary, "runs": results}, indent=2) + "\n")
-    print(f"\nwrote {out / 'bench.json'}")
+    write_results(out, stats, args, summary=summary, runs=results)
 
 
 if __name__ == "__main__":

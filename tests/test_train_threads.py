@@ -127,8 +127,10 @@ def test_thread_rewards_and_gradients_equal_each_answer_alone(layout, attention,
     assert counts["pairs"] == len(pairs) == plan.pairs
     assert s["loss"] == pytest.approx(sum(-math.log(1 / (1 + math.exp(-(c - r).item()))) for c, r in pairs), abs=1e-4)
     assert s["objective"] / plan.pairs == pytest.approx(ref_loss.item(), abs=1e-5)
+    prepass = sum(plan.batches[k][1].total_tokens for k in plan.prepass)
+    assert counts["processed_tokens"] == sum(b.total_tokens for _, b in plan.batches) + prepass  # the parts forwarded twice
     if layout == "shared_prompt":
-        assert counts["processed_tokens"] < counts["real_tokens"]  # prompts stored once per thread (per part)
+        assert counts["processed_tokens"] - prepass < counts["real_tokens"]  # prompts stored once per thread (per part)
 
 
 def test_a_thread_is_one_unit_of_work_and_its_prompt_is_stored_once():

@@ -100,6 +100,11 @@ class MicroBatch:
     def n_pairs(self) -> int:
         return int(self.chosen.numel() if self.counted is None else self.counted.sum())
 
+    @property
+    def n_terms(self) -> int:
+        """The loss terms counted here: the sampled pairs, or the listwise terms."""
+        return self.n_pairs if self.terms is None else int(self.terms.counted.sum())
+
 
 def pair_cost(pair: TokenizedPair, layout: str) -> int:
     """Tokens a pair adds to a packed row (the padded layout is costed per batch, by its widest pair: plan_micro_batches)."""

@@ -48,6 +48,9 @@ class Objective:
             if value not in allowed:
                 raise UserError(f"{key}={value!r} is not one of {allowed}")
 
+    def __str__(self) -> str:
+        return self.name if self.name == "pairs" else f"listwise ({self.likelihood}, {self.weighting} weighting)"
+
     @property
     def all_answers(self) -> bool:
         """Whether every answer of a thread is scored (listwise), or only those in its sampled pairs."""

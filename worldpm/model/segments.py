@@ -24,7 +24,7 @@ from typing import Hashable, Iterator, Sequence
 
 import torch
 
-from worldpm.model.attention import (VARLEN_IMPLEMENTATION, additive, register_varlen_attention, segment_mask)
+from worldpm.model.attention import VARLEN_IMPLEMENTATION, additive, register_varlen_attention, segment_layout, segment_mask
 
 MIN_OWN_TOKENS = 2  # a reply keeps its reward token and the token before it (readout before_reward_token) as its own
 
@@ -85,7 +85,7 @@ def prompt_group(sequences: Sequence[Sequence[int]], reference: Sequence[bool] |
     common prefix of the `reference` sequences (default: all; pass the untruncated ones); a sequence shares it only if it
     starts with it and keeps at least MIN_OWN_TOKENS own tokens. Correct for any input: a member that does not start with the
     prompt is simply scored alone."""
-    seqs = [tuple(int(t) for t in s) for s in sequences]
+    seqs = [tuple(map(int, s)) for s in sequences]
     ref = [s for s, r in zip(seqs, reference if reference is not None else [True] * len(seqs)) if r]
     if len(seqs) < 2 or not ref:
         return PromptGroup((), tuple(seqs), (False,) * len(seqs))
@@ -224,8 +224,8 @@ def segment_inputs(input_ids: torch.Tensor, position_ids: torch.Tensor, segments
         if attn_implementation != VARLEN_IMPLEMENTATION:
             raise ValueError(f"attention=varlen needs attn_implementation={VARLEN_IMPLEMENTATION} (or flash_attention_2 for "
                              f"plain packing), got {attn_implementation!r}")
-        kwargs["worldpm_segments"] = [(s.start, s.end, tuple((segments[c].start, segments[c].end) for c in s.context))
-                                      for s in segments]
+        kwargs["worldpm_segments"] = segment_layout([(s.start, s.end, tuple((segments[c].start, segments[c].end)
+                                                                            for c in s.context)) for s in segments], device)
     return kwargs
 
 

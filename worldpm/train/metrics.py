@@ -28,7 +28,9 @@ WANDB_MODES = ("online", "offline", "disabled")
 # Summed per step on each rank, then over ranks in the step's one all_reduce (the order of that tensor). STATS come from the
 # rewards and stay on the device (float64) until then; COUNTS are known on the host.
 STATS = ("loss", "objective", "correct", "rc", "rc2", "rr", "rr2", "margin", "nonfinite")
-COUNTS = ("pairs", "real_tokens", "pad_tokens", "processed_tokens", "stop")  # stop: this rank got a preemption signal
+# terms: the loss's terms (the pairs for `pairs`; every ranked pair or Plackett-Luce stage for listwise); stop: this rank got a
+# preemption signal
+COUNTS = ("pairs", "terms", "real_tokens", "pad_tokens", "processed_tokens", "stop")
 SUMS = STATS + COUNTS
 
 
@@ -117,7 +119,8 @@ def step_metrics(s: dict, counters: dict, grad_norm: float, lr: float, elapsed: 
         "step": counters["step"], "loss": s["loss"] / n, "objective": s["objective"] / n, "accuracy": s["correct"] / n,
         "reward_chosen_mean": s["rc"] / n, "reward_chosen_std": std(s["rc"], s["rc2"]),
         "reward_rejected_mean": s["rr"] / n, "reward_rejected_std": std(s["rr"], s["rr2"]), "margin": s["margin"] / n,
-        "grad_norm": grad_norm, "lr": lr, "tokens": int(s["real_tokens"]), "processed_tokens": int(s["processed_tokens"]),
+        "grad_norm": grad_norm, "lr": lr, "pairs": int(s["pairs"]), "terms": int(s["terms"]), "tokens": int(s["real_tokens"]),
+        "processed_tokens": int(s["processed_tokens"]),
         "tokens_per_s": s["real_tokens"] / elapsed,
         "padding_fraction": s["pad_tokens"] / max(s["processed_tokens"], 1.0), "step_time_s": elapsed,
         "pairs_seen": counters["pairs_seen"], "tokens_seen": counters["tokens_seen"], "epoch": epoch,

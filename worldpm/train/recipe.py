@@ -226,6 +226,7 @@ def train_step(engine, plan: StepPlan, batching: Batching, center: float) -> tup
     stats = torch.zeros(len(STATS), dtype=torch.float64, device=batching.device)
     counts = dict.fromkeys(COUNTS, 0)
     fixed = batching.prepass(engine, plan)
+    counts["processed_tokens"] += sum(plan.batches[k][1].total_tokens for k in plan.prepass)  # forwarded twice
     for real, batch in plan.batches:
         rewards = batching.rewards(engine, batch, fixed)
         loss, counted = batch_loss(rewards, batch, batching.objective, center)
@@ -233,8 +234,8 @@ def train_step(engine, plan: StepPlan, batching: Batching, center: float) -> tup
         if real:
             rc, rr = sampled_pairs(rewards.detach(), batch)
             stats += micro_batch_stats(rc, rr, counted.detach() * (plan.pairs / plan.weight)).to(stats)
-            for key, value in (("pairs", batch.n_pairs), ("real_tokens", batch.real_tokens), ("pad_tokens", batch.pad_tokens),
-                               ("processed_tokens", batch.total_tokens)):
+            for key, value in (("pairs", batch.n_pairs), ("terms", batch.n_terms), ("real_tokens", batch.real_tokens),
+                               ("pad_tokens", batch.pad_tokens), ("processed_tokens", batch.total_tokens)):
                 counts[key] += value
     return stats, counts
 
