@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """Threads, not just pairs: what one pair costs to train, and one response to score, on collected forum threads, side by side.
 
-Training, on the same comparisons: a forum-like site (scripts/make_stackexchange_dump.py --lengths forum: long-tailed posts)
-collected with every pair of each thread (`pairs.max_per_question=null`) and its thread shards (`output.threads=true`); its
-first threads hold the benchmark's pairs. Each trainer runs one epoch over them, `--pairs-per-step` pairs a step, same model
-(Qwen2, 4 layers, hidden 256, the real Qwen2 tokenizer), fp32, one process:
+Training: a forum-like site (scripts/make_stackexchange_dump.py --lengths forum: long-tailed posts and answer counts)
+collected with its thread shards (`output.threads=true`) and `--max-per-question` pairs per thread (default 1, WorldPM's
+rule; `0` keeps every pair); threads drawn in a seeded order hold the benchmark's pairs. Each trainer runs one epoch over
+them, `--pairs-per-step` pairs a step, same model (Qwen2, 4 layers, hidden 256, the real Qwen2 tokenizer), fp32, one process:
 
     worldpm padded         data.packing=padded (TRL's layout, batches sorted by length)
     worldpm packed         data.packing=packed (padding-free; what OpenRLHF's packing does: every sequence whole)
@@ -14,7 +14,9 @@ first threads hold the benchmark's pairs. Each trainer runs one epoch over them,
     TRL RewardTrainer      trl 1.16 in its own venv, fed the very token ids (scripts/bench_trl_runner.py)
 
 Reported per trainer, over every step after the first: tokens computed per pair (the forward's positions, pads and the
-split threads' extra pre-pass included, per pair comparison trained) and pairs per second.
+split threads' extra pre-pass included, per pair comparison trained: the listwise objective trains every pair of a thread's
+answers with different scores, the others the collected pairs), pairs per second, and tokens computed per collected pair
+(what a step of `--pairs-per-step` collected pairs costs: listwise encodes every answer of their threads).
 
 Scoring: `--prompts` forum prompts, each with 32 responses (its thread's answers, then other answers of the site), scored with
 the prompt encoded once (RewardModel.score_ids, shared-prompt rows) and separately (every prompt + response in length-sorted
@@ -50,17 +52,17 @@ MODES = {"worldpm padded": ["data.packing=padded"], "worldpm packed": ["data.pac
 PEERS = ("worldpm padded", "worldpm packed", "trl")  # the layouts peers compute: padded batches, or every sequence whole
 
 
-def collect_site(out: Path, questions: int, seed: int) -> Path:
+def collect_site(out: Path, questions: int, seed: int, max_per_question: int) -> Path:
     from make_stackexchange_dump import generate
 
     site = out / "site"
     if not (site / "synthetic.stackexchange.com.7z").exists():
         generate(site / "synthetic.stackexchange.com", "synthetic.stackexchange.com", questions, None, seed=seed,
                  tag_format="angle", n_users=200, pack=True, lengths="forum")
-    data = out / "collected"
+    data = out / f"collected-{max_per_question or 'all'}"
     subprocess.run([sys.executable, "-m", "worldpm", "collect", "source=stackexchange",
                     f"source.path={site / 'synthetic.stackexchange.com.7z'}", f"output_dir={data}", "output.threads=true",
-                    "pairs.max_per_question=null", "split.test_fraction=0.05", "overwrite=true"],
+                    f"pairs.max_per_question={max_per_question or 'null'}", "split.test_fraction=0.05", "overwrite=true"],
                    cwd=ROOT, env=env(None), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     return data
 
@@ -105,6 +107,7 @@ def run_worldpm(out: Path, data: Path, args, name: str, extra: list[str]) -> dic
     rows = [r for r in rows if "loss" in r][1:]  # the first step pays one-off costs (allocations, lazy imports)
     pairs, processed, secs = sum(r["terms"] for r in rows), sum(r["processed_tokens"] for r in rows), sum(r["step_time_s"] for r in rows)
     return {"framework": name, "steps": len(rows) + 1, "pairs": pairs, "processed_tokens_per_pair": processed / pairs,
+            "processed_tokens_per_collected_pair": processed / sum(r["pairs"] for r in rows),
             "real_tokens_per_pair": sum(r["tokens"] for r in rows) / pairs, "pairs_per_s": pairs / secs,
             "padding_fraction": sum(r["padding_fraction"] * r["processed_tokens"] for r in rows) / processed}
 
@@ -173,6 +176,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", default="runs/bench_threads")
     p.add_argument("--data", type=Path, help="a collect output with thread shards (default: generate and collect a forum site)")
     p.add_argument("--questions", type=int, default=1500, help="questions of the generated site")
+    p.add_argument("--max-per-question", type=int, default=1, help="pairs collected per thread (0: every pair)")
     p.add_argument("--steps", type=int, default=8, help="the bench dataset holds steps x pairs-per-step pairs")
     p.add_argument("--pairs-per-step", type=int, default=32)
     p.add_argument("--max-length", type=int, default=2048)
@@ -189,7 +193,7 @@ def main(argv=None) -> None:
     if not args.skip_trl and not Path(args.trl_python).exists():
         raise SystemExit(f"no TRL environment at {args.trl_python} (scripts/bench_train.py --setup-trl makes one), or --skip-trl")
 
-    source = args.data or collect_site(out, args.questions, args.seed)
+    source = args.data or collect_site(out, args.questions, args.seed, args.max_per_question)
     data, stats = bench_dataset(source, out, args.steps * args.pairs_per_step, args.seed)
     print(f"bench data: {stats['pairs']} pairs in {stats['threads']} threads (answers per thread: median "
           f"{stats['answers_per_thread_median']}, max {stats['answers_per_thread_max']}) from {source}", flush=True)
@@ -199,15 +203,16 @@ def main(argv=None) -> None:
         (out / "pairs.parquet").exists() or trl_pairs(out, data, args.max_length)
         r = run_trl(out, Path.home() / ".cache" / "worldpm" / "tokenizers" / "qwen2", trl_args)
         train.append({"framework": r["framework"], "steps": r["steps"], "pairs": r["pairs"],
-                      "processed_tokens_per_pair": r["processed_tokens_per_pair"], "pairs_per_s": r["pairs_per_s"],
+                      "processed_tokens_per_pair": r["processed_tokens_per_pair"],
+                      "processed_tokens_per_collected_pair": r["processed_tokens_per_pair"], "pairs_per_s": r["pairs_per_s"],
                       "padding_fraction": r["padding_fraction"]})
     peers = [t for t in train if t["framework"] in PEERS or t["framework"].startswith("trl")]
     best_peer = min(t["processed_tokens_per_pair"] for t in peers)
-    print(f"\n{'trainer':<60} {'tokens/pair':>11} {'vs best peer':>12} {'pairs/s':>8} {'padding':>8}")
+    print(f"\n{'trainer':<50} {'tokens/pair':>11} {'vs best peer':>12} {'pairs/s':>8} {'padding':>8} {'tokens/collected pair':>21}")
     for t in train:
         t["vs_best_peer"] = t["processed_tokens_per_pair"] / best_peer
-        print(f"{t['framework']:<60} {t['processed_tokens_per_pair']:>11,.0f} {t['vs_best_peer']:>11.2f}x "
-              f"{t['pairs_per_s']:>8.2f} {100 * t['padding_fraction']:>7.1f}%")
+        print(f"{t['framework'][:50]:<50} {t['processed_tokens_per_pair']:>11,.0f} {t['vs_best_peer']:>11.2f}x "
+              f"{t['pairs_per_s']:>8.2f} {100 * t['padding_fraction']:>7.1f}% {t['processed_tokens_per_collected_pair']:>21,.0f}")
     scoring = bench_scoring(source, args)
     print(f"\n{'scoring 32 responses per prompt':<52} {'tokens/response':>15} {'(no padding)':>12} {'responses/s':>11}")
     for s in scoring:

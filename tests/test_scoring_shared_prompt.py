@@ -146,3 +146,17 @@ def test_eval_scores_best_of_k_items_with_the_prompt_once_and_the_same_rewards(t
         separate = score_items(tiny_rm, items, max_tokens=2048, shared_prompt=False)
         for a, b in zip(shared.rewards, separate.rewards):
             assert a == pytest.approx(b, abs=TOL), name
+
+
+def test_a_bad_shared_prompt_value_is_one_line(tiny_ckpt, tmp_path):
+    from worldpm.config import compose
+    from worldpm.errors import UserError
+    from worldpm.eval.run import run as eval_run
+    from worldpm.serve.score import run as score_run
+
+    src = tmp_path / "x.jsonl"
+    src.write_text(json.dumps({"prompt": "q", "responses": ["a", "b"]}) + "\n")
+    with pytest.raises(UserError, match="shared_prompt must be true or false, got 'often'"):
+        score_run(compose("score", [f"model_path={tiny_ckpt}", f"input={src}", "shared_prompt=often"]))
+    with pytest.raises(UserError, match="shared_prompt must be true or false"):
+        eval_run(compose("eval", ["benchmark=[bon_synthetic]", f"output_dir={tmp_path / 'e'}", "shared_prompt=often"]))

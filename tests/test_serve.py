@@ -265,6 +265,7 @@ def test_sigterm_finishes_in_flight_requests_then_exits_cleanly(tiny_rm, tiny_ck
     (["port=70000"], "70000"),
     (["api_key="], "api_key"),
     (["dtype=float8"], "float8"),
+    (["batching.shared_prompt=sometimes"], "batching.shared_prompt must be true or false"),
 ])
 def test_bad_serve_config_is_a_one_line_error(tiny_ckpt, args, needle):
     proc = _serve_process(f"model_path={tiny_ckpt}", *args)

@@ -59,7 +59,7 @@ def evaluate_model(model, benchmarks: Mapping[str, tuple[dict, list]], cfg: Dict
     for name, (bcfg, items) in benchmarks.items():
         scored = score_items(model, items, cfg.get("max_length"), int(cfg.max_tokens_per_batch), desc=name,
                              max_batch_size=int(cfg.get("max_batch_size", 64)), max_padding=max_padding,
-                             shared_prompt=bool(cfg.get("shared_prompt", True)))
+                             shared_prompt=cfg.get("shared_prompt", True))
         for key in ("n_sequences", "n_unique", "n_truncated", "seconds"):
             totals[key] += getattr(scored, key)
         by_subtask: dict[str, list[int]] = defaultdict(list)
@@ -147,6 +147,8 @@ def _label(state: Mapping) -> dict:
 def run(cfg: DictConfig):
     if not cfg.get("output_dir"):
         raise UserError("output_dir is required (output_dir=<directory for results.json, rewards.parquet, report.md>)")
+    if not isinstance(cfg.get("shared_prompt", True), bool):
+        raise UserError(f"shared_prompt must be true or false, got {cfg.shared_prompt!r}")
     out = Path(str(cfg.output_dir))
     handler = _log_to_file(out)
     start = time.perf_counter()

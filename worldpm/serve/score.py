@@ -264,7 +264,7 @@ def run(cfg: DictConfig) -> dict:
                 bar.set_postfix_str(f"{tokens / max(seconds + time.perf_counter() - start, 1e-9):,.0f} tok/s", refresh=False)
 
             rewards = model.score_ids(ids, int(cfg.max_tokens_per_batch), int(cfg.max_batch_size), max_padding, progress,
-                                      shared_prompt=bool(cfg.shared_prompt))
+                                      shared_prompt=cfg.shared_prompt)
             seconds += time.perf_counter() - start
             truncated += ids.truncated
             if source.kind == "pairs":

@@ -90,10 +90,10 @@ def train(cfg: DictConfig, dist: distributed.Dist, signals: PreemptionSignals) -
     n_train, pairs_per_step = int(sum(t.n_pairs.sum() for t in tables)), int(tcfg.pairs_per_step)
     max_steps = int(tcfg.max_steps) if tcfg.get("max_steps") is not None else max(1, int(float(tcfg.epochs) * n_train // pairs_per_step))
     eval_draws = [(0, row) for row in eval_subset(eval_table, int(dcfg.eval_pairs))]
-    log.info("data: %s train pairs (%s) from %s; %d held-out %s; %d steps x %d pairs (%.2f epochs); objective %s",
-             f"{n_train:,}", f"{sum(len(t) for t in tables):,} {unit}", ", ".join(f"{s.name}={len(t):,} (weight {s.weight:g})"
-             for s, t in zip(data, tables)), len(eval_draws), unit, max_steps, pairs_per_step, max_steps * pairs_per_step / n_train,
-             batching.objective)
+    log.info("data: %s train pairs%s from %s; %d held-out %s; %d steps x %d pairs (%.2f epochs); objective %s", f"{n_train:,}",
+             f" in {sum(len(t) for t in tables):,} threads" if unit == "threads" else "",
+             ", ".join(f"{s.name}={len(t):,} (weight {s.weight:g})" for s, t in zip(data, tables)), len(eval_draws), unit,
+             max_steps, pairs_per_step, max_steps * pairs_per_step / n_train, batching.objective)
 
     # 3. the engine: DeepSpeed ZeRO, or PyTorch for deepspeed=null; it owns the model from here on
     engine = make_engine(model, ds_config, tcfg, max_steps, dist, hf_ds_config)

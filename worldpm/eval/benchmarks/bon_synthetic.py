@@ -55,7 +55,8 @@ def fit_grid(n_max: int) -> list[int]:
 
 def load(bcfg: Mapping, name: str) -> list[Item]:
     prompts, samples, seed = bcfg.get("prompts", 200), bcfg.get("samples", 256), bcfg.get("seed", 1)
-    for key, value, lo in (("prompts", prompts, 1), ("samples", samples, 2), ("seed", seed, 0)):
+    for key, value, lo in (("prompts", prompts, 1), ("samples", samples, 2), ("seed", seed, 0),
+                           ("bootstrap_samples", bcfg.get("bootstrap_samples", 1000), 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < lo:
             raise UserError(f"benchmark.{name}.{key}={value!r} must be a whole number >= {lo}")
     try:
