@@ -276,7 +276,7 @@ def run(cfg: DictConfig) -> dict:
         "shards": output.shards, "counts": {"train": summary["output"]["train"], "test": summary["output"]["test"],
                                             "threads": summary["threads_out"]["written"],
                                             "rows_read": {t: v["read"] for t, v in summary["rows"].items()},
-                                            **({"thread_shards": summary["thread_shards"]} if "thread_shards" in summary else {})},
+                                            **{k: summary[k] for k in ("thread_shards",) if k in summary}},
         "config": OmegaConf.to_container(cfg, resolve=True), "timings": timings,
         "seconds": round(time.perf_counter() - t_start, 3), "store_bytes": store_bytes,
     }

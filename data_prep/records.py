@@ -20,7 +20,9 @@ split; training's `data.unit=threads` reads them):
 | id | str | stable hash of (source, domain/thread id) |
 | source, domain, thread_id | str | as in its PairRecords |
 | prompt | list<{role, content}> | as in its PairRecords |
-| answers | list<{id: str, text: str, score: float, meta: str (JSON)}> | every usable answer, in the thread's order; `score` is the one its pairs compare (pairs.score_rule), `meta` the answer's block of a pair's meta (id, raw score, accepted, url, author, licence, dates) |
+| answers | list<{id, text, score, meta}> | every usable answer, in the thread's order: id, markdown text, the score its pairs |
+|         |                               | compare (pairs.score_rule), meta (JSON: the answer's block of a pair's meta: id, raw score, |
+|         |                               | accepted, url, author, licence, dates) |
 | pairs | list<{chosen: int32, rejected: int32}> | the thread's PairRecords, as indices into `answers` |
 | meta | str (JSON) | the thread's provenance (question url, title, tags, dates, ...) and the score rule |
 

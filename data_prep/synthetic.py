@@ -128,7 +128,7 @@ def sample_replies(seed: int, index: int, n: int, *, scale: float = DEFAULTS["sc
 
 
 def reply_params(dataset: str | os.PathLike | None) -> dict:
-    """The reply parameters (scale, reply_words, feature_rate) of a synthetic dataset, from its manifest; the defaults for None."""
+    """The reply parameters (scale, reply_words, feature_rate) of a synthetic dataset, from its manifest; None: the defaults."""
     keys = ("scale", "reply_words", "feature_rate")
     if dataset is None:
         return {k: DEFAULTS[k] for k in keys}

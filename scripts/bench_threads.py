@@ -42,7 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_train import ARCH, env, run_trl, write_results  # noqa: E402  (the training benchmark's model, environment and TRL runner)
+# the training benchmark's model, environment, TRL runner and output
+from bench_train import ARCH, env, run_trl, write_results  # noqa: E402
 
 MODES = {"worldpm padded": ["data.packing=padded"], "worldpm packed": ["data.packing=packed"],
          "worldpm shared pairs": ["data.packing=shared_prompt"],

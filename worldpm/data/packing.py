@@ -34,8 +34,7 @@ import torch
 from worldpm.data.threads import Objective, ThreadTable, TokenizedThread, thread_terms
 from worldpm.model.attention import flash_attention_available, register_varlen_attention, VARLEN_IMPLEMENTATION
 from worldpm.model.padding import pad_batch
-from worldpm.model.segments import (MIN_OWN_TOKENS, Segment, best_fit, common_prefix_length, pack, prompt_group,  # noqa: F401
-                                    segment_inputs, split_lengths)
+from worldpm.model.segments import MIN_OWN_TOKENS, Segment, best_fit, pack, prompt_group, segment_inputs, split_lengths
 
 LAYOUTS = ("packed", "shared_prompt", "padded")
 ATTENTION = ("auto", "varlen", "block_mask")

@@ -17,12 +17,13 @@ import datasets
 import numpy as np
 from datasets.fingerprint import Hasher
 
-from worldpm.data.packing import TokenizedPair, common_prefix_length, pair_costs
 from data_prep.records import THREADS_DIR
+from worldpm.data.packing import TokenizedPair, pair_costs
 from worldpm.data.threads import TOKENIZATION_VERSION as THREAD_TOKENIZATION_VERSION
 from worldpm.data.threads import Objective, ThreadTable, TokenizedThread, tokenize_threads
 from worldpm.errors import UserError
 from worldpm.model.chat_format import ChatEncoder, check_conversation
+from worldpm.model.segments import common_prefix_length
 
 log = logging.getLogger("worldpm.train")
 

@@ -216,7 +216,7 @@ def write_report(results: Mapping, out_dir: Path, plots: bool = True) -> Path:
             lines += ["", "Official aggregates: " + "; ".join(f"{k} {_f(v)}" for k, v in flat)]
         curves = best_of_k_curves(entry["official"])
         if curves:
-            lines += ["", f"Best-of-K (PPE's curve: expected correctness of the reward-argmax among K drawn responses): "
+            lines += ["", "Best-of-K (PPE's curve: expected correctness of the reward-argmax among K drawn responses): "
                       + "; ".join(f"{k} K=1 {_f(v['expected_correctness'][0])}, K={v['k'][-1]} {_f(v['expected_correctness'][-1])} "
                                   f"(oracle {_f(v['oracle'][-1])})" for k, v in sorted(curves.items()))]
             if plots:
@@ -287,7 +287,7 @@ def write_series_report(series: list[Mapping], out_dir: Path, plots: bool = True
                          f"| {_n_peak(fit.get('n_peak'))} | {'yes' if b['overoptimised'] else 'no'} |")
         if plots and runs:
             png = best_of_n_series_plot(runs, bench, Path(out_dir) / f"series_{bench}.png")
-            lines += ["", f"![best-of-N over the series](series_{bench}.png)"]
+            lines += ["", f"![best-of-N over the series]({png.name})"]
     lines.append("")
     return write_text(Path(out_dir) / "series.md", "\n".join(lines))
 

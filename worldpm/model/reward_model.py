@@ -17,7 +17,7 @@ from transformers import AutoConfig, AutoModel
 
 from worldpm.errors import UserError
 from worldpm.model.chat_format import PAD_TOKEN, ChatEncoder, EncodedBatch, responses_conversations
-from worldpm.model.checkpoint import (RewardSpec, load_backbone, read_config, read_head_tensors, save_checkpoint, spec_for,
+from worldpm.model.checkpoint import (HEADS, RewardSpec, load_backbone, read_config, read_head_tensors, save_checkpoint, spec_for,
                                       torch_dtype)
 from worldpm.model.padding import length_sorted_batches, pad_batch
 from worldpm.model.segments import best_fit, pack, segment_attention, segment_inputs, shared_prompt_groups
