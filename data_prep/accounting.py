@@ -124,6 +124,13 @@ def account(stats: Stats, source: str) -> dict:
     per_split = {k: outcomes.pop(k) for k in list(outcomes) if k.startswith("written_")}
     out["threads_out"] = {"paired": paired, "written": written, **per_split, "dropped": outcomes}
     identities["threads_out: paired = written + dropped"] = paired == written + sum(outcomes.values())
+    if "thread_shards" in c:  # output.threads: one ThreadRecord per thread written, holding exactly its written pairs
+        shards = c["thread_shards"]
+        out["thread_shards"] = {"train": shards.get("train", 0), "test": shards.get("test", 0),
+                                "answers": shards.get("answers", 0), "pairs": shards.get("pairs", 0)}
+        identities["thread_shards: train + test = threads_out.written"] = (
+            shards.get("train", 0) + shards.get("test", 0) == written)
+        identities["thread_shards: pairs = output.train + output.test"] = shards.get("pairs", 0) == train + test
     if "contamination" in c:
         out["contamination"] = c["contamination"]
     out["identities"] = identities

@@ -7,26 +7,29 @@ it counts into are in its docstring (stats.json adds them up, data_prep.accounti
                                    -> MinHashSignature -> ThreadPairsWriter
   phase 3, one process:            ThreadPairsReader -> NearDuplicateFilter -> ExactDedup -> ThreadSplit -> ShardOutput
 
-Phase 2 hands phase 3 one `ThreadPairs` per thread that yields pairs, in files read back in canonical order (site, thread id).
+Phase 2 hands phase 3 one `ThreadPairs` per thread that yields pairs, in files read back in canonical order (site, thread id);
+with output.threads it also carries the thread's usable answers, and ShardOutput writes its ThreadRecord beside its pairs
+(the same dedup, the same split side).
 The readers, the pairing and the indexes are in their own modules (stackexchange, reddit, pairing, near_dedup, contamination);
 the blocks say where each runs and what it counts.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_prep.pairing import Thread, given_pairs, make_pairs, thread_seed
+from data_prep.pairing import Thread, given_pairs, make_pairs, thread_answers, thread_meta, thread_seed
 from data_prep.pipeline import Block, task_progress
-from data_prep.records import ShardWriter
+from data_prep.records import SPLITS, THREAD_SCHEMA, THREADS_DIR, ShardWriter, thread_record_id
 
 
 @dataclass
 class ThreadPairs:
-    """One thread's sampled pairs, from the pairing to the shards."""
+    """One thread's sampled pairs (and, with output.threads, its answers), from the pairing to the shards."""
 
     source: str
     domain: str
@@ -38,6 +41,16 @@ class ThreadPairs:
     sig: bytes | None = None                           # MinHash of the prompt (dedup.near)
     split: str | None = None                           # train or test (phase 3)
     source_split: str | None = None                    # a preference set's own split label of the prompt
+    answers: list[dict] | None = None                  # output.threads: every usable answer (ThreadRecord answers)
+    pair_index: list[tuple[int, int]] = field(default_factory=list)  # each row's (chosen, rejected) answer indices
+    meta: str = ""                                     # output.threads: the ThreadRecord meta
+
+    def thread_record(self) -> dict:
+        """The ThreadRecord of the thread as written: its answers and the pairs that reach the pair shards."""
+        key = f"{self.domain}/{self.thread_id}"
+        return {"id": thread_record_id(self.source, key), "source": self.source, "domain": self.domain,
+                "thread_id": self.thread_id, "prompt": self.rows[0]["prompt"], "answers": self.answers,
+                "pairs": [{"chosen": c, "rejected": r} for c, r in self.pair_index], "meta": self.meta}
 
 
 # ------------------------------------------------------------------------------------------------------------------ phase 1
@@ -219,32 +232,37 @@ class LengthFilter(Block):
 class Pairing(Block):
     """A thread's usable replies -> pairs (data_prep.pairing.make_pairs: score rule, gap, order rule, at most
     pairs.max_per_question drawn with a generator seeded from the thread), or, for a preference set's given pairs, those whose
-    replies are both usable (data_prep.pairing.given_pairs). Counts every reply pair (every given pair) in `pairs_possible` and
-    under one outcome in `pairs`, and the thread in `questions` as paired or dropped (too few usable replies, no pair passes)."""
+    replies are both usable (data_prep.pairing.given_pairs); with `threads` (output.threads), also the thread's answers for
+    its ThreadRecord. Counts every reply pair (every given pair) in `pairs_possible` and under one outcome in `pairs`, and the
+    thread in `questions` as paired or dropped (too few usable replies, no pair passes)."""
 
     name = "pairing"
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, threads: bool = False):
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.threads = cfg, threads
 
     def process(self, thread: Thread) -> ThreadPairs | None:
         n = len(thread.replies)
         if thread.given_pairs is not None:
             self.stats.add("pairs_possible", "total", len(thread.given_pairs))
-            rows = given_pairs(thread, thread.replies, self.cfg, self.stats)
+            rows, index = given_pairs(thread, thread.replies, self.cfg, self.stats)
         else:
             self.stats.add("pairs_possible", "total", n * (n - 1) // 2)
             if n < 2:
                 self.stats.drop("questions", "fewer_than_2_usable_replies", thread.position)
                 return None
-            rows = make_pairs(thread, thread.replies, self.cfg, self.stats)
+            rows, index = make_pairs(thread, thread.replies, self.cfg, self.stats)
         if not rows:
             self.stats.drop("questions", "no_pair_after_rules", thread.position)
             return None
         self.stats.add("questions", "paired")
-        return ThreadPairs(thread.source, thread.domain, thread.thread_id, thread.prompt, rows, thread.flags,
-                           source_split=thread.source_split)
+        rec = ThreadPairs(thread.source, thread.domain, thread.thread_id, thread.prompt, rows, thread.flags,
+                          source_split=thread.source_split, pair_index=index)
+        if self.threads:  # every usable answer's text is needed now, not only the paired ones'
+            rec.answers = thread_answers(thread.replies, self.cfg.score_rule)
+            rec.meta = thread_meta(thread, self.cfg.score_rule)
+        return rec
 
 
 class FlaggedPairs(Block):
@@ -376,16 +394,17 @@ class ExactDedup(Block):
         index = ExactPairIndex(self.path)
         try:
             for rec in items:
-                rows = []
-                for row in rec.rows:
+                rows, pair_index = [], []
+                for row, pair in zip(rec.rows, rec.pair_index):
                     if index.seen(pair_key(row)):
                         self.stats.drop("output", "exact_duplicate", {"id": row["id"], "thread_id": rec.thread_id})
                     else:
                         rows.append(row)
+                        pair_index.append(pair)
                 if not rows:
                     self.stats.drop("threads_out", "all_pairs_exact_duplicate", {"id": rec.thread_id, "domain": rec.domain})
                     continue
-                rec.rows = rows
+                rec.rows, rec.pair_index = rows, pair_index
                 yield rec
         finally:
             index.close()
@@ -419,21 +438,25 @@ class ThreadSplit(Block):
 
 
 class ShardOutput(Block):
-    """train/ and test/ parquet shards (each under its final name only once complete). Counts the pairs written in `output`
-    (train, test), their threads in `threads_out` (written, written_<split>) and the flagged pairs per split in `contamination`.
-    `shards` lists the files, relative to the output directory."""
+    """train/ and test/ parquet shards (each under its final name only once complete) and, with `threads`, threads/train/ and
+    threads/test/ (one ThreadRecord per thread written, on its pairs' side). Counts the pairs written in `output` (train,
+    test), their threads in `threads_out` (written, written_<split>), the flagged pairs per split in `contamination`, and the
+    thread shards' rows and answers in `thread_shards`. `shards` lists the files, relative to the output directory."""
 
     name = "shards"
 
-    def __init__(self, out_dir: Path, max_rows_per_shard: int):
+    def __init__(self, out_dir: Path, max_rows_per_shard: int, threads: bool = False):
         super().__init__()
-        self.out_dir, self.max_rows = out_dir, int(max_rows_per_shard)
+        self.out_dir, self.max_rows, self.threads = out_dir, int(max_rows_per_shard), threads
         self.shards: dict[str, list[str]] = {}
 
     def __call__(self, items):
         out, rows = self.out_dir, self.max_rows
-        with ShardWriter(out / "train", rows) as train, ShardWriter(out / "test", rows) as test:
-            writers = {"train": train, "test": test}
+        with contextlib.ExitStack() as stack:
+            writers = {side: stack.enter_context(ShardWriter(out / side, rows)) for side in SPLITS}
+            if self.threads:
+                writers.update({f"{THREADS_DIR}/{side}": stack.enter_context(
+                    ShardWriter(out / THREADS_DIR / side, rows, schema=THREAD_SCHEMA)) for side in SPLITS})
             for rec in items:
                 side = rec.split
                 for row in rec.rows:
@@ -443,5 +466,10 @@ class ShardOutput(Block):
                         self.stats.add("contamination", f"flagged_pairs_{side}")
                 self.stats.add("threads_out", "written")
                 self.stats.add("threads_out", f"written_{side}")
+                if self.threads:
+                    writers[f"{THREADS_DIR}/{side}"].write(rec.thread_record())
+                    self.stats.add("thread_shards", side)
+                    self.stats.add("thread_shards", "answers", len(rec.answers))
+                    self.stats.add("thread_shards", "pairs", len(rec.pair_index))
         self.shards = {name: [str(p.relative_to(self.out_dir)) for p in w.shards] for name, w in writers.items()}
         yield from ()

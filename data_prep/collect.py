@@ -1,4 +1,5 @@
-"""`worldpm collect`: forum dumps and preference sets -> PairRecord shards, every input row accounted for.
+"""`worldpm collect`: forum dumps and preference sets -> PairRecord shards (and, with output.threads, ThreadRecord shards),
+every input row accounted for.
 
 The job is a list of blocks (data_prep.blocks: readers -> filters -> writers, each counting what it kept and dropped, with a
 reason) run in three phases (data_prep.pipeline):
@@ -40,7 +41,7 @@ from data_prep.records import clear_output_dir, write_json_atomic, write_jsonl_a
 
 log = logging.getLogger("worldpm.collect")
 
-OUTPUT_NAMES = ("train", "test", "stats.json", "rejects.jsonl", "manifest.json", ".work")
+OUTPUT_NAMES = ("train", "test", "threads", "stats.json", "rejects.jsonl", "manifest.json", ".work")
 # stats.json and manifest.json; rejects.jsonl has the same but one sample per line
 JSON_FORMAT = {"indent": 2, "ensure_ascii": False, "default": str}
 
@@ -276,7 +277,7 @@ def _collect(cfg: DictConfig, source: str, out_dir: Path, found, input_files: li
     # phase 2, one task per id range of each store, in parallel: threads -> contamination -> length -> pairing -> MinHash
     pair_job = [ContaminationFilter(index, ccfg.mode, bool(ccfg.check_replies)),
                 LengthFilter(pcfg.min_reply_chars, pcfg.max_reply_chars),
-                Pairing(pcfg),
+                Pairing(pcfg, threads=bool(cfg.output.threads)),
                 FlaggedPairs(bool(index) and ccfg.mode == "flag"),
                 MinHashSignature(bool(near.enabled), near.num_perm, near.shingle_words)]
     ranges = _id_ranges(source, stores, int(cfg.partitions), work, scfg)
@@ -287,7 +288,7 @@ def _collect(cfg: DictConfig, source: str, out_dir: Path, found, input_files: li
                                          unit="thread", shared=pair_job)
 
     # phase 3, one process, in canonical order (site, thread id): near-duplicate threads -> exact pair dedup -> split -> shards
-    output = ShardOutput(out_dir, cfg.output.max_rows_per_shard)
+    output = ShardOutput(out_dir, cfg.output.max_rows_per_shard, threads=bool(cfg.output.threads))
     write_job = [ThreadPairsReader([r["out"] for r in results]),
                  NearDuplicateFilter(bool(near.enabled), work / "near.sqlite", near.num_perm, near.threshold),
                  ExactDedup(bool(cfg.dedup.exact), work / "exact.sqlite"),
@@ -313,7 +314,8 @@ def _collect(cfg: DictConfig, source: str, out_dir: Path, found, input_files: li
         "complete": True, "format": "worldpm PairRecord shards", "source": source, "inputs": inputs,
         "shards": output.shards, "counts": {"train": summary["output"]["train"], "test": summary["output"]["test"],
                                             "threads": summary["threads_out"]["written"],
-                                            "rows_read": {t: v["read"] for t, v in summary["rows"].items()}},
+                                            "rows_read": {t: v["read"] for t, v in summary["rows"].items()},
+                                            **{k: summary[k] for k in ("thread_shards",) if k in summary}},
         "config": OmegaConf.to_container(cfg, resolve=True), "timings": timings,
         "seconds": round(time.perf_counter() - t_start, 3), "store_bytes": store_bytes,
     }

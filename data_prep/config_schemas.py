@@ -169,6 +169,7 @@ class Contamination:
 @dataclass
 class Output:
     max_rows_per_shard: int = setting(min=1)
+    threads: bool = setting()
 
 
 @dataclass

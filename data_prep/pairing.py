@@ -155,11 +155,22 @@ def _candidates_numpy(scores: list[float], gap: float) -> tuple[list, int, int]:
     return list(zip(hi_[keep].tolist(), lo_[keep].tolist())), int(equal.sum()), int(below.sum())
 
 
-def make_pairs(thread: Thread, replies: list[Reply], cfg, stats: Stats) -> list[dict]:
-    """PairRecord rows for one thread. Every unordered reply pair is counted in block `pairs` under one outcome:
-    equal_score, score_gap_below_min, preferred_written_earlier, over_max_per_question or sampled."""
+def reply_scores(replies: list[Reply], rule: str) -> list[float]:
+    """Each reply's score under `rule`: what pairs compare (PairRecord chosen/rejected_score, ThreadRecord answer score)."""
+    return [float(r.score) for r in replies] if rule == "net" else [effective_score(r, rule) for r in replies]
+
+
+def answer_meta(reply: Reply) -> dict:
+    """A reply's provenance block: the `chosen` / `rejected` part of a pair's meta, and a thread answer's meta."""
+    return {"id": reply.id, "score": reply.score, "accepted": reply.accepted, **reply.meta}
+
+
+def make_pairs(thread: Thread, replies: list[Reply], cfg, stats: Stats) -> tuple[list[dict], list[tuple[int, int]]]:
+    """PairRecord rows for one thread, and each as (chosen, rejected) indices into `replies`. Every unordered reply pair is
+    counted in block `pairs` under one outcome: equal_score, score_gap_below_min, preferred_written_earlier,
+    over_max_per_question or sampled."""
     rule, gap = cfg.score_rule, float(cfg.min_score_gap)
-    scores = [float(r.score) for r in replies] if rule == "net" else [effective_score(r, rule) for r in replies]
+    scores = reply_scores(replies, rule)
     if cfg.order_rule == "preferred_not_earlier" or len(replies) < VECTOR_MIN_REPLIES:
         candidates, equal, below_gap, earlier = _candidates_loop(scores, replies, gap, cfg.order_rule)
     else:
@@ -169,15 +180,13 @@ def make_pairs(thread: Thread, replies: list[Reply], cfg, stats: Stats) -> list[
     stats.add("pairs", "score_gap_below_min", below_gap)
     stats.add("pairs", "preferred_written_earlier", earlier)
     candidates = _at_most(candidates, thread, cfg, stats)
-    rows = []
     prompt = _prompt(thread)
+    rows = []
     for c, r in candidates:
         chosen, rejected = replies[c], replies[r]
-        meta = {**thread.meta, "score_rule": rule,
-                "chosen": {"id": chosen.id, "score": chosen.score, "accepted": chosen.accepted, **chosen.meta},
-                "rejected": {"id": rejected.id, "score": rejected.score, "accepted": rejected.accepted, **rejected.meta}}
+        meta = {**thread.meta, "score_rule": rule, "chosen": answer_meta(chosen), "rejected": answer_meta(rejected)}
         rows.append(_row(thread, prompt, chosen, rejected, scores[c], scores[r], meta))
-    return rows
+    return rows, candidates
 
 
 def _prompt(thread: Thread) -> list[dict]:
@@ -205,25 +214,37 @@ def _at_most(candidates: list, thread: Thread, cfg, stats: Stats) -> list:
     return candidates
 
 
-def given_pairs(thread: Thread, replies: list[Reply], cfg, stats: Stats) -> list[dict]:
-    """PairRecord rows of the pairs a preference set gives for one prompt. Every given pair is counted in block `pairs` under
-    one outcome: duplicate_pair (given twice), reply_dropped (a reply of it was dropped: contamination, length bounds),
-    over_max_per_question or sampled."""
-    usable = {r.id: r for r in replies}
+def given_pairs(thread: Thread, replies: list[Reply], cfg, stats: Stats) -> tuple[list[dict], list[tuple[int, int]]]:
+    """PairRecord rows of the pairs a preference set gives for one prompt, and each as (chosen, rejected) indices into
+    `replies`. Every given pair is counted in block `pairs` under one outcome: duplicate_pair (given twice), reply_dropped (a
+    reply of it was dropped: contamination, length bounds), over_max_per_question or sampled."""
+    position = {r.id: i for i, r in enumerate(replies)}
     seen, candidates = set(), []
     for pair in thread.given_pairs:
         cid, rid = pair[0], pair[1]
         if (cid, rid) in seen:
             stats.add("pairs", "duplicate_pair")
-        elif cid not in usable or rid not in usable:
+        elif cid not in position or rid not in position:
             stats.add("pairs", "reply_dropped")
         else:
             candidates.append(pair)
         seen.add((cid, rid))
-    rows = []
     prompt = _prompt(thread)
+    rows, index = [], []
     for cid, rid, cs, rs, pair_meta in _at_most(candidates, thread, cfg, stats):
-        chosen, rejected = usable[cid], usable[rid]
+        chosen, rejected = replies[position[cid]], replies[position[rid]]
         meta = {**thread.meta, **pair_meta, "chosen": {"id": cid, **chosen.meta}, "rejected": {"id": rid, **rejected.meta}}
         rows.append(_row(thread, prompt, chosen, rejected, cs, rs, meta))
-    return rows
+        index.append((position[cid], position[rid]))
+    return rows, index
+
+
+def thread_answers(replies: list[Reply], rule: str) -> list[dict]:
+    """A ThreadRecord's `answers` (data_prep.records): every reply with its text, the score pairs compare, and its meta."""
+    return [{"id": str(r.id), "text": r.text, "score": s, "meta": _META_JSON.encode(answer_meta(r))}
+            for r, s in zip(replies, reply_scores(replies, rule))]
+
+
+def thread_meta(thread: Thread, rule: str) -> str:
+    """A ThreadRecord's `meta`: the thread's provenance and the score rule (a pair's meta without its two answers)."""
+    return _META_JSON.encode({**thread.meta, "score_rule": rule})

@@ -145,6 +145,29 @@ def _world_tag(world: str) -> str:
     return "" if world == "forum" else f"-{world}"
 
 
+def sample_replies(seed: int, index: int, n: int, *, scale: float = DEFAULTS["scale"], reply_words: int = DEFAULTS["reply_words"],
+                   feature_rate: float = DEFAULTS["feature_rate"]) -> tuple[list[dict], list[str], list[float]]:
+    """Best-of-N material: prompt `index`'s n replies drawn from the generator the training pairs come from (the "policy"),
+    with their gold rewards r*. A stream of its own (seeded by `seed` and `index`), apart from the training threads'."""
+    rng = random.Random(f"worldpm-synthetic-bon:{seed}:{index}")
+    prompt = [{"role": "user", "content": f"Write a short note about the {rng.choice(TOPICS)}."}]
+    replies = [_reply(rng, reply_words, feature_rate) for _ in range(n)]
+    return prompt, replies, [true_reward(r, scale) for r in replies]
+
+
+def reply_params(dataset: str | os.PathLike | None) -> dict:
+    """The reply parameters (scale, reply_words, feature_rate) of a synthetic dataset, from its manifest; None: the defaults."""
+    keys = ("scale", "reply_words", "feature_rate")
+    if dataset is None:
+        return {k: DEFAULTS[k] for k in keys}
+    path = Path(dataset) / "manifest.json"
+    try:
+        params = json.loads(path.read_text())["params"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise SyntheticDataError(f"{dataset} is not a source=synthetic dataset (no manifest.json with its params)") from None
+    return {k: params[k] for k in keys}
+
+
 def thread_is_test(seed: int, thread: int, test_fraction: float, world: str = "forum") -> bool:
     return random.Random(f"worldpm-synthetic{_world_tag(world)}-split:{seed}:{thread}").random() < test_fraction
 

@@ -7,9 +7,8 @@ fp32, one process each. Reported: real (non-pad) tokens per second and the paddi
 
     python scripts/bench_train.py --out runs/bench_train [--steps 20] [--pairs-per-step 16] [--threads 1] [--rounds 1]
 
-TRL runs in its own virtualenv (`--trl-python`, default /work/venvs/trl/bin/python); `--setup-trl` creates it:
-    python3 -m venv /work/venvs/trl && /work/venvs/trl/bin/pip install torch==2.13.0 transformers==5.24.0 trl==1.16.0 \
-        datasets==5.2.0 accelerate==1.15.0
+TRL runs in its own virtualenv (`--trl-python`, default .venv-peers/peer-trl/bin/python, git-ignored): the TRL 1.16 environment
+scripts/interop_check.sh uses; `--setup-trl` builds it (scripts/interop/build_peers.sh .venv-peers peer-trl).
 `--data DIR` benchmarks on a collect output instead of the generated pairs (its first steps x pairs-per-step train pairs).
 """
 from __future__ import annotations
@@ -29,7 +28,7 @@ ARCH = {"model_type": "qwen2", "vocab_size": 151936, "hidden_size": 256, "interm
         "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 4096, "rope_theta": 1000000.0,
         "rms_norm_eps": 1e-6, "tie_word_embeddings": True, "initializer_range": 0.02, "bos_token_id": 151643,
         "eos_token_id": 151643}
-TRL_INSTALL = ["torch==2.13.0", "transformers==5.24.0", "trl==1.16.0", "datasets==5.2.0", "accelerate==1.15.0"]
+TRL_PYTHON = ROOT / ".venv-peers" / "peer-trl" / "bin" / "python"  # scripts/interop/build_peers.sh makes it
 
 
 def env(threads: int | None) -> dict:
@@ -105,6 +104,13 @@ def run_trl(out: Path, tokenizer_dir: Path, args) -> dict:
     return json.loads(result.read_text())
 
 
+def write_results(out: Path, stats: dict, args, **sections) -> None:
+    """out/bench.json: the data's statistics, the arguments, and the benchmark's sections."""
+    (out / "bench.json").write_text(json.dumps({"data": stats, "args": {k: str(v) for k, v in vars(args).items()}, **sections},
+                                               indent=2) + "\n")
+    print(f"\nwrote {out / 'bench.json'}")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/bench_train")
@@ -117,16 +123,13 @@ def main(argv=None) -> None:
     p.add_argument("--rounds", type=int, default=1, help="alternate the two trainers this many times; medians are reported")
     p.add_argument("--also-padded", action="store_true", help="also run worldpm with data.packing=padded")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--trl-python", default="/work/venvs/trl/bin/python")
-    p.add_argument("--setup-trl", action="store_true", help="create the TRL virtualenv at --trl-python's venv first")
+    p.add_argument("--trl-python", default=str(TRL_PYTHON))
+    p.add_argument("--setup-trl", action="store_true", help="build the TRL environment (.venv-peers/peer-trl) first")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    if args.setup_trl and not Path(args.trl_python).exists():
-        venv = Path(args.trl_python).parents[1]
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([args.trl_python, "-m", "pip", "install", "-q", TRL_INSTALL[0]], check=True)
-        subprocess.run([args.trl_python, "-m", "pip", "install", "-q", *TRL_INSTALL[1:]], check=True)
+    if args.setup_trl:
+        subprocess.run([str(ROOT / "scripts" / "interop" / "build_peers.sh"), str(ROOT / ".venv-peers"), "peer-trl"], check=True)
     if not Path(args.trl_python).exists():
         raise SystemExit(f"no TRL environment at {args.trl_python}; rerun with --setup-trl (or see this script's docstring)")
 
@@ -152,9 +155,7 @@ def main(argv=None) -> None:
         s["speedup_vs_trl"] = s["tokens_per_s"] / trl["tokens_per_s"]
         print(f"{s['framework']:<58} {s['tokens_per_s']:>13,.0f} {100 * s['padding_fraction']:>7.1f}% {s['step_time_s']:>7.2f} "
               f"{s['speedup_vs_trl']:>6.2f}x")
-    (out / "bench.json").write_text(json.dumps({"data": stats, "args": {k: str(v) for k, v in vars(args).items()},
-                                                "summary": summary, "runs": results}, indent=2) + "\n")
-    print(f"\nwrote {out / 'bench.json'}")
+    write_results(out, stats, args, summary=summary, runs=results)
 
 
 if __name__ == "__main__":

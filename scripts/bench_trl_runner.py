@@ -3,7 +3,8 @@
 
 Runs in TRL's own virtualenv (it imports no worldpm). Input: a parquet file with `chosen_ids` / `rejected_ids` (the very token ids
 worldpm trains on, so both frameworks see identical sequences) and a JSON model config. Output: a JSON line with real (non-pad)
-tokens/s and the padding fraction, measured per optimizer step after the first.
+tokens/s, the padding fraction, and the tokens computed (pads included) per pair and pairs/s, measured per optimizer step
+after the first.
 """
 import argparse
 import json
@@ -67,9 +68,11 @@ def main() -> None:
     trainer.train()
     steps = min(len(timer.times), len(counts["real"]))
     real, total, secs = sum(counts["real"][1:steps]), sum(counts["total"][1:steps]), sum(timer.times[1:steps])
+    pairs = args.pairs_per_step * (steps - 1)
     result = {"framework": f"trl {trl.__version__} RewardTrainer (transformers {transformers.__version__})", "steps": steps,
               "tokens_per_s": real / secs, "padding_fraction": 1 - real / total, "step_time_s": secs / (steps - 1),
-              "real_tokens_per_step": real / (steps - 1)}
+              "real_tokens_per_step": real / (steps - 1), "pairs": pairs, "processed_tokens": total, "seconds": secs,
+              "processed_tokens_per_pair": total / pairs, "pairs_per_s": pairs / secs}
     with open(args.out, "w") as f:
         f.write(json.dumps(result) + "\n")
     print(json.dumps(result))

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the embedded default — the sample Stack Exchange site (data_prep/sample) and the tiny model — through every
-# stage: collect -> train -> eval (final model, then every checkpoint) -> scaling -> fine-tune (the shipped HelpSteer2-format
-# sample, from the trained model and from scratch, full and LoRA) -> compare -> score -> serve. Outputs under $out.
+# stage: collect -> train (pairs, then whole threads) -> eval (final model, then every checkpoint) -> scaling -> fine-tune (the
+# shipped HelpSteer2-format sample, from the trained model and from scratch, full and LoRA) -> compare -> best-of-N against a
+# gold reward (the synthetic world) -> score -> serve. Outputs under $out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup_env.sh
@@ -10,15 +11,20 @@ export PATH="$venv/bin:$PATH" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_
 out=${WORLDPM_MAIN_OUT:-runs/main}
 mkdir -p "$out"
 
-echo "== collect: the embedded synthetic Stack Exchange site -> PairRecord shards in $out/data"
+echo "== collect: the embedded synthetic Stack Exchange site -> PairRecord and ThreadRecord shards in $out/data"
 worldpm collect source=stackexchange source.path=data_prep/sample/synthetic.stackexchange.com.7z output_dir="$out/data" \
-  pairs.max_per_question=8 split.test_fraction=0.2 workers=2 overwrite=true
+  pairs.max_per_question=8 split.test_fraction=0.2 workers=2 overwrite=true output.threads=true
 
 echo "== train: the tiny model on $out/data, 2 CPU ranks under torchrun with DeepSpeed ZeRO-3 (the 72B recipe in miniature)"
 OMP_NUM_THREADS=1 PYTHONWARNINGS="ignore::FutureWarning" torchrun --standalone --nproc_per_node 2 -m worldpm.train \
   model=tiny deepspeed=zero3 data.path="$out/data" output_dir="$out/train" trainer.resume=never \
   trainer.max_steps=40 trainer.pairs_per_step=32 trainer.save_every=10 trainer.eval_every=10 trainer.log_every=5 wandb.mode=offline
 echo "   exported $out/train/final; checkpoints labelled by pairs seen in $out/train/checkpoints; metrics in $out/train/metrics.jsonl"
+
+echo "== train (threads): the tiny model on whole threads of $out/data, one forward per thread, listwise BT over every answer"
+OMP_NUM_THREADS=1 worldpm train model=tiny deepspeed=null data.path="$out/data" output_dir="$out/train-threads" \
+  data.unit=threads data.packing=shared_prompt loss.objective=listwise trainer.resume=never trainer.max_steps=10 \
+  trainer.pairs_per_step=32 trainer.save_every=0 trainer.eval_every=10 trainer.log_every=5 wandb.mode=disabled
 
 if [ -f "$out/train/final/config.json" ]; then model=(model_path="$out/train/final"); else
   echo "(no trained model at $out/train/final: the later stages use the random-init model=tiny)"; model=(model=tiny); fi
@@ -65,10 +71,22 @@ if [ -f "$out/train/final/config.json" ]; then
   sed -n '/## Categories/,/## Subtasks/p' "$out/finetune/compare/compare.md"
 fi
 
-echo "== score: the README's two example conversations, and the held-out pairs (accuracy, BT loss) -> $out/score"
+echo "== best-of-N against the gold reward: synthetic pairs, a proxy trained on them, best-of-N of its checkpoints -> $out/best_of_n"
+python -m data_prep.synthetic output_dir="$out/best_of_n/data" n_pairs=3000 seed=0 overwrite=true
+OMP_NUM_THREADS=1 worldpm train model=tiny deepspeed=null data.path="$out/best_of_n/data" output_dir="$out/best_of_n/run" \
+  trainer.resume=never trainer.pairs_per_step=32 trainer.save_every=8 trainer.eval_every=0 trainer.log_every=20 \
+  trainer.keep_last=1 wandb.mode=disabled
+worldpm eval "checkpoints=[step-00000008,step-00000016,step-00000032,final]" run_dir="$out/best_of_n/run" \
+  output_dir="$out/best_of_n/eval" "benchmark=[bon_synthetic]" benchmark.bon_synthetic.path="$out/best_of_n/data" \
+  benchmark.bon_synthetic.prompts=40 benchmark.bon_synthetic.samples=64 style.enabled=false
+echo "   gold reward against N and KL per checkpoint, Gao et al.'s fit: $out/best_of_n/eval/series.md, series_bon_synthetic.png"
+
+echo "== score: the README's two example conversations, N responses to one prompt, the held-out pairs -> $out/score"
 mkdir -p "$out/score"
 worldpm score "${model[@]}" input=worldpm/assets/examples/worldpm_readme.jsonl output="$out/score/readme_rewards.jsonl"
 cat "$out/score/readme_rewards.jsonl"
+worldpm score "${model[@]}" input=worldpm/assets/examples/best_of_n.jsonl output="$out/score/best_of_n.jsonl"
+cat "$out/score/best_of_n.jsonl"
 worldpm score "${model[@]}" input="$out/data" split=test output="$out/score/test_pairs.parquet"
 
 port=$(python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -90,6 +108,10 @@ query = ("<|im_start|>system\n<|im_end|>\n<|im_start|>user\nHow do I keep basil 
 body = json.dumps({"query": [query], "prompts": [query.rsplit("<|im_start|>assistant\n", 1)[0]], "labels": [""]}).encode()
 request = urllib.request.Request(f"{url}/get_reward", data=body, headers={"Content-Type": "application/json"})
 print("POST /get_reward ->", urllib.request.urlopen(request, timeout=60).read().decode())
+# N responses to one prompt: the prompt encoded once
+body = json.dumps({"prompt": "How do I keep basil fresh?", "responses": ["Stand it in a glass of water.", "Fridge."]}).encode()
+request = urllib.request.Request(f"{url}/v1/score", data=body, headers={"Content-Type": "application/json"})
+print("POST /v1/score (prompt + responses) ->", urllib.request.urlopen(request, timeout=60).read().decode())
 PY
 kill -TERM "$server"
 wait "$server"   # a graceful stop exits 0

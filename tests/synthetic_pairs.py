@@ -10,7 +10,8 @@ with real votes, a few brush-offs are upvoted anyway: `noise`). Answer lengths o
 short, a few very long — which is what makes padding expensive and packing worth it (scripts/bench_train.py).
 
 `write_dataset(out_dir, train_pairs, test_pairs)` writes out_dir/train/*.parquet, out_dir/test/*.parquet, stats.json, and
-manifest.json last. No torch, no worldpm.
+manifest.json last; `threads=True` also writes each thread (every answer with its score, its pairs as answer indices) to
+out_dir/threads/{train,test}/*.parquet, as `worldpm collect output.threads=true` does. No torch, no worldpm.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import math
 import random
 from pathlib import Path
 
-from data_prep.records import pair_id, write_json_atomic, write_pairs
+from data_prep.records import pair_id, thread_record_id, write_json_atomic, write_pairs, write_threads
 
 SITES = {
     "cooking.stackexchange.com": ["boil eggs", "proof bread dough", "sear a steak", "keep rice from sticking", "store fresh herbs",
@@ -80,7 +81,8 @@ def _answer(rng: random.Random, good: bool, topic: str, lengths: str) -> str:
     return _text(rng, BAD_SENTENCES, n, topic)
 
 
-def thread_pairs(rng: random.Random, thread: int, lengths: str, noise: float = 0.1) -> list[dict]:
+def thread_pairs(rng: random.Random, thread: int, lengths: str, noise: float = 0.1) -> tuple[list[dict], dict]:
+    """One thread's pairs (PairRecords) and the thread itself (a ThreadRecord listing every pair's answers)."""
     site = rng.choice(sorted(SITES))
     topic = rng.choice(SITES[site])
     title = f"How do I {topic} properly?"
@@ -92,12 +94,13 @@ def thread_pairs(rng: random.Random, thread: int, lengths: str, noise: float = 0
         if not good and rng.random() < noise:  # votes are noisy: now and then a brush-off is upvoted
             score = rng.randint(61, 90)
         answers.append((f"{thread}-{a}", _answer(rng, good, topic, lengths), score, good))
-    rows = []
+    rows, index = [], []
     for i, (aid, text, score, good) in enumerate(answers):
-        for bid, other, other_score, other_good in answers[i + 1:]:
+        for j, (bid, other, other_score, other_good) in enumerate(answers[i + 1:], i + 1):
             if good == other_good:
                 continue  # pairs of a good and a bad answer: the preference is what the signal (or the noise) says
             (cid, c, cs), (rid, r, rs) = sorted([(aid, text, score), (bid, other, other_score)], key=lambda x: -x[2])
+            index.append({"chosen": i if cid == aid else j, "rejected": j if cid == aid else i})
             rows.append({
                 "id": pair_id("synthetic", str(thread), cid, rid), "source": "synthetic", "domain": site, "thread_id": str(thread),
                 "prompt": [{"role": "user", "content": f"{title}\n\n{body}"}], "chosen": c, "rejected": r,
@@ -105,31 +108,44 @@ def thread_pairs(rng: random.Random, thread: int, lengths: str, noise: float = 0
                 "meta": json.dumps({"chosen_answer_id": cid, "rejected_answer_id": rid, "generator": "worldpm synthetic_pairs",
                                     "license": "CC0-1.0"}),
             })
-    return rows
+    record = {"id": thread_record_id("synthetic", str(thread)), "source": "synthetic", "domain": site, "thread_id": str(thread),
+              "prompt": [{"role": "user", "content": f"{title}\n\n{body}"}],
+              "answers": [{"id": aid, "text": text, "score": float(score), "meta": json.dumps({"id": aid, "good": good})}
+                          for aid, text, score, good in answers],
+              "pairs": index, "meta": json.dumps({"generator": "worldpm synthetic_pairs", "license": "CC0-1.0"})}
+    return rows, record
 
 
-def generate(train_pairs: int, test_pairs: int, seed: int = 0, lengths: str = "short", noise: float = 0.1) -> dict[str, list[dict]]:
+def generate(train_pairs: int, test_pairs: int, seed: int = 0, lengths: str = "short", noise: float = 0.1,
+             threads: bool = False) -> dict[str, list[dict]]:
     """Pairs for each split; threads never straddle splits (the collector's rule). `noise`: the share of bad answers that get
-    upvoted anyway, so about that share of pairs prefer the worse answer (a perfect model scores ~1 - noise)."""
+    upvoted anyway, so about that share of pairs prefer the worse answer (a perfect model scores ~1 - noise). `threads`: also
+    "threads/train" and "threads/test", each thread holding exactly its pairs of the split."""
     if lengths not in ("short", "forum"):
         raise ValueError(f"lengths must be 'short' or 'forum', got {lengths!r}")
     rng = random.Random(seed)
     out: dict[str, list[dict]] = {"train": [], "test": []}
+    records: dict[str, list[dict]] = {"train": [], "test": []}
     thread = 0
     for split, target in (("train", train_pairs), ("test", test_pairs)):
         while len(out[split]) < target:
-            out[split].extend(thread_pairs(rng, thread, lengths, noise))
+            pairs, record = thread_pairs(rng, thread, lengths, noise)
+            out[split].extend(pairs)
+            record["pairs"] = record["pairs"][: target - (len(out[split]) - len(pairs))]  # the pairs that are kept
+            records[split].append(record)
             thread += 1
         out[split] = out[split][:target]
+    if threads:
+        out.update({f"threads/{split}": [r for r in rs if r["pairs"]] for split, rs in records.items()})
     return out
 
 
 def write_dataset(out_dir: str | Path, train_pairs: int, test_pairs: int, seed: int = 0, lengths: str = "short",
-                  noise: float = 0.1) -> Path:
+                  noise: float = 0.1, threads: bool = False) -> Path:
     out_dir = Path(out_dir)
-    splits = generate(train_pairs, test_pairs, seed, lengths, noise)
+    splits = generate(train_pairs, test_pairs, seed, lengths, noise, threads)
     for split, rows in splits.items():
-        write_pairs(rows, out_dir / split)
+        (write_threads if split.startswith("threads/") else write_pairs)(rows, out_dir / split)
     stats = {"source": "synthetic", "lengths": lengths, "seed": seed, "noise": noise, "kept": {k: len(v) for k, v in splits.items()}, "dropped": {}}
     write_json_atomic(out_dir / "stats.json", stats, indent=2)
     write_json_atomic(out_dir / "manifest.json", {"complete": True, "splits": {k: len(v) for k, v in splits.items()},

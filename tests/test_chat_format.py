@@ -46,9 +46,9 @@ def test_render_text_completes_the_suffix_of_an_openrlhf_rollout():
 
 
 def test_every_encoding_ends_in_the_reward_token(tok):
-    ids, n_trunc = encode_conversations(tok, conversations(), max_length=4096)
+    ids = encode_conversations(tok, conversations(), max_length=4096)
     reward_id = tok.convert_tokens_to_ids(REWARD_TOKEN)
-    assert n_trunc == 0 and all(seq[-1] == reward_id for seq in ids)
+    assert ids.truncated == 0 and ids.cut == [False] * len(ids) and all(seq[-1] == reward_id for seq in ids)
     # one call on the whole string: identical to tokenising the rendered text directly
     assert ids[0] == tok(render(conversations()[0]).text, add_special_tokens=False)["input_ids"]
 
@@ -57,11 +57,12 @@ def test_truncation_cuts_prompt_from_the_left_first_and_keeps_reward_token(tok):
     prompt = " ".join(f"w{i}" for i in range(300))
     reply = "The reply stays whole."
     conv = [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}]
-    full, _ = encode_conversations(tok, [conv], max_length=10_000)
+    full = encode_conversations(tok, [conv], max_length=10_000)
     max_len = len(full[0]) - 50
-    (ids,), n = encode_conversations(tok, [conv], max_length=max_len)
+    enc = encode_conversations(tok, [conv], max_length=max_len)
+    (ids,) = enc
     text = tok.decode(ids)
-    assert n == 1 and len(ids) == max_len
+    assert enc.truncated == 1 and enc.cut == [True] and enc.prompts == [None] and len(ids) == max_len
     assert text.endswith(f"{ASSISTANT_HEADER}{reply}<|im_end|>\n{REWARD_TOKEN}")
     assert "<|im_start|>system" not in text  # the left of the prompt went first
     assert "w299" in text and "w0 " not in text  # the prompt's end survives
@@ -71,7 +72,7 @@ def test_truncation_cuts_prompt_from_the_left_first_and_keeps_reward_token(tok):
 def test_truncation_cuts_reply_tail_once_prompt_is_gone(tok):
     reply = " ".join(f"r{i}" for i in range(400))
     conv = [{"role": "user", "content": "short question"}, {"role": "assistant", "content": reply}]
-    (ids,), _ = encode_conversations(tok, [conv], max_length=64)
+    (ids,) = encode_conversations(tok, [conv], max_length=64)
     text = tok.decode(ids)
     assert len(ids) == 64 and ids[-1] == tok.convert_tokens_to_ids(REWARD_TOKEN)
     assert text.startswith(ASSISTANT_HEADER + "r0 r1")  # prompt fully cut, reply head kept

@@ -294,6 +294,59 @@ def test_split_puts_each_thread_on_one_side(tmp_path, synthetic):
     assert stats["threads_out"]["written_test"] == len({key(r) for r in test})
 
 
+def _threads(out, split):
+    from data_prep.records import THREAD_SCHEMA, check_thread_record
+
+    files = list((Path(out) / "threads" / split).glob("*.parquet"))
+    got = read_pairs(Path(out) / "threads" / split, THREAD_SCHEMA).to_pylist() if files else []
+    for t in got:
+        check_thread_record(t)
+    return got
+
+
+def test_thread_shards_hold_every_usable_answer_and_exactly_the_pairs_written(tmp_path, synthetic):
+    """output.threads: per split, the thread shards' pairs (answer indices) rebuild the pair shards row for row, with the
+    same dedup and split; with every pair sampled, a thread's answers are exactly the answers of its pairs, and, where the
+    collector dropped no reply, every answer of the question in Posts.xml (counted independently with lxml)."""
+    from lxml import etree
+
+    from data_prep.records import pair_id
+
+    site = synthetic / "alpha.stackexchange.com"
+    stats, manifest = collect(tmp_path / "t", "output.threads=true", "pairs.max_per_question=null", "split.test_fraction=0.3",
+                              "dedup.exact=false", path=site / "Posts.xml")
+    assert stats["all_accounted"] and stats["thread_shards"]["train"] > 0 and stats["thread_shards"]["test"] > 0
+    assert manifest["counts"]["thread_shards"] == stats["thread_shards"]
+    assert {"threads/train", "threads/test"} <= set(manifest["shards"])
+    per_question = defaultdict(int)
+    for _, el in etree.iterparse(str(site / "Posts.xml"), tag="row"):
+        if el.get("PostTypeId") == "2":
+            per_question[el.get("ParentId")] += 1
+        el.clear()
+    for split in ("train", "test"):
+        threads, pairs = _threads(tmp_path / "t", split), rows(tmp_path / "t", split)
+        rebuilt = {}
+        for t in threads:
+            assert split_of("stackexchange", t["domain"], t["thread_id"], 0.3) == split
+            answers = t["answers"]
+            for p in t["pairs"]:
+                c, r = answers[p["chosen"]], answers[p["rejected"]]
+                rebuilt[pair_id("stackexchange", f"{t['domain']}/{t['thread_id']}", c["id"], r["id"])] = (
+                    t["prompt"], c["text"], r["text"], c["score"], r["score"], c["score"] > r["score"])
+            assert {a for p in t["pairs"] for a in p.values()} == set(range(len(answers)))  # every answer is in a pair
+            assert len(answers) == per_question[t["thread_id"]]  # no reply of a paired thread was dropped (asserted below)
+        assert rebuilt == {r["id"]: (r["prompt"], r["chosen"], r["rejected"], r["chosen_score"], r["rejected_score"], True)
+                           for r in pairs}
+    assert set(stats["replies"]["dropped"]) <= {"no_pair_possible", "question_dropped"}  # reasons that drop whole threads
+    # dedup drops pairs from a thread's record too; the default collect writes no thread shards
+    stats2, _ = collect(tmp_path / "d", "output.threads=true", "pairs.max_per_question=null",
+                        path=synthetic / "archives" / "alpha.stackexchange.com.7z")
+    assert stats2["output"]["dropped"]["exact_duplicate"] > 0 and stats2["all_accounted"]
+    assert sum(len(t["pairs"]) for s in ("train", "test") for t in _threads(tmp_path / "d", s)) == len(rows(tmp_path / "d"))
+    collect(tmp_path / "n")
+    assert not (tmp_path / "n" / "threads").exists()
+
+
 def test_exact_and_near_duplicates(tmp_path, synthetic):
     site = synthetic / "archives" / "alpha.stackexchange.com.7z"
     stats, _ = collect(tmp_path / "d", "pairs.max_per_question=null", path=site)

@@ -244,10 +244,10 @@ def test_a_full_queue_answers_503_with_retry_after_and_a_client_that_waits_gets_
     release, entered = threading.Event(), threading.Event()
     score_ids = scorer.batcher.score_ids
 
-    def held_model(sequences):
+    def held_model(sequences, **prompts):
         entered.set()
         release.wait(60)
-        return score_ids(sequences)
+        return score_ids(sequences, **prompts)
 
     scorer.batcher.score_ids = held_model
     answers, threads = {}, []
@@ -361,6 +361,7 @@ def test_sigterm_finishes_in_flight_requests_then_exits_cleanly(tiny_rm, tiny_ck
     (["port=70000"], "70000"),
     (["api_key="], "api_key"),
     (["dtype=float8"], "float8"),
+    (["batching.shared_prompt=sometimes"], "batching.shared_prompt='sometimes': expected true or false"),
 ])
 def test_bad_serve_config_is_a_one_line_error(tiny_ckpt, args, needle):
     proc = _serve_process(f"model_path={tiny_ckpt}", *args)

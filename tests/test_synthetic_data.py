@@ -204,7 +204,7 @@ def test_feature_words_are_single_tokens_so_a_tiny_transformer_can_count_them(bi
         ids = {w: tok.encode(" " + w, add_special_tokens=False) for w in WEIGHTS}
         assert all(len(v) == 1 for v in ids.values()), {w: v for w, v in ids.items() if len(v) != 1}
         feature_ids = {v[0]: w for w, v in ids.items()}
-        seqs, _ = encode_conversations(tok, [r["prompt"] + [{"role": "assistant", "content": r["chosen"]}] for r in sample], 1024)
+        seqs = encode_conversations(tok, [r["prompt"] + [{"role": "assistant", "content": r["chosen"]}] for r in sample], 1024)
         for r, seq in zip(sample, seqs):
             counted = sum(WEIGHTS[feature_ids[t]] for t in seq if t in feature_ids)
             assert counted == pytest.approx(r_star(r["chosen"]))

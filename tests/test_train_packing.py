@@ -6,8 +6,9 @@ import torch
 
 from tests.conftest import make_tiny
 from worldpm.model.bt_loss import bt_loss
-from worldpm.data.packing import (LAYOUTS, Segment, TokenizedPair, collate, common_prefix_length, model_inputs, plan_micro_batches,
-                             segment_mask, use_attention, visibility)
+from worldpm.data.packing import LAYOUTS, TokenizedPair, collate, model_inputs, plan_micro_batches, use_attention
+from worldpm.model.attention import segment_mask
+from worldpm.model.segments import Segment, common_prefix_length, visibility
 
 TOL = 1e-5
 
@@ -125,11 +126,12 @@ def test_margins_travel_with_their_pairs():
 
 
 def test_shared_prefix_never_swallows_a_reward_token():
-    # identical sequences: the whole thing is "shared", but each reply must keep its own last position
+    # identical sequences: the whole thing is "shared", but each reply keeps its last two positions (the reward token and the
+    # one before it, where readout before_reward_token reads), so both readouts read inside the reply's own segment
     pair = TokenizedPair([1, 2, 3, 4], [1, 2, 3, 4], 4)
     batch = collate([pair], "shared_prompt", 0)
-    assert batch.input_ids.tolist() == [[1, 2, 3, 4, 4]] and batch.reward_index.tolist() == [3, 4]
-    assert batch.position_ids.tolist() == [[0, 1, 2, 3, 3]]
+    assert batch.input_ids.tolist() == [[1, 2, 3, 4, 3, 4]] and batch.reward_index.tolist() == [3, 5]
+    assert batch.position_ids.tolist() == [[0, 1, 2, 3, 2, 3]]
 
 
 @pytest.mark.parametrize("layout", ["packed", "padded"])

@@ -106,14 +106,14 @@ def _poison(monkeypatch, bad_steps):
     import worldpm.train.recipe as train
 
     calls = {"n": 0}
-    real = train.bt_loss
+    real = train.batch_loss
 
-    def bt_loss(*args, **kw):  # one micro-batch per step here, so call n is step n + 1
+    def batch_loss(*args, **kw):  # one micro-batch per step here, so call n is step n + 1
         calls["n"] += 1
-        loss = real(*args, **kw)
-        return loss * float("nan") if calls["n"] in bad_steps else loss
+        loss, counted = real(*args, **kw)
+        return (loss * float("nan"), counted * float("nan")) if calls["n"] in bad_steps else (loss, counted)
 
-    monkeypatch.setattr(train, "bt_loss", bt_loss)
+    monkeypatch.setattr(train, "batch_loss", batch_loss)
 
 
 def _weights(directory):
@@ -311,9 +311,9 @@ def test_micro_batch_stats_stay_on_the_device_and_match_the_per_pair_values():
 
     torch.manual_seed(0)
     rc, rr = torch.randn(7), torch.randn(7)
-    objective = bt_loss(rc, rr, torch.full((7,), 0.3), 0.01)
+    objective = bt_loss(rc, rr, torch.full((7,), 0.3), 0.01) * 7  # summed over the pairs
     got = dict(zip(STATS, micro_batch_stats(rc, rr, objective).tolist()))
-    want = {"loss": bt_losses(rc, rr).sum().item(), "objective": objective.item() * 7, "correct": (rc > rr).sum().item(),
+    want = {"loss": bt_losses(rc, rr).sum().item(), "objective": objective.item(), "correct": (rc > rr).sum().item(),
             "rc": rc.sum().item(), "rc2": (rc * rc).sum().item(), "rr": rr.sum().item(), "rr2": (rr * rr).sum().item(),
             "margin": (rc - rr).sum().item(), "nonfinite": 0}
     assert got == want  # exactly: float32 sums carried in float64, as the host values were

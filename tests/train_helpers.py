@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+from tests.synthetic_pairs import write_dataset  # noqa: F401 (fixture datasets, pairs and threads)
 from worldpm.ports import free_port  # noqa: F401 (the tests' launchers take their port from here)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -13,11 +14,9 @@ PYTHON = sys.executable
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 
 
-def make_data(directory: Path, train_pairs=400, test_pairs=100, seed=0, lengths="short") -> Path:
-    from tests.synthetic_pairs import write_dataset
-
+def make_data(directory: Path, train_pairs=400, test_pairs=100, seed=0, lengths="short", threads=False) -> Path:
     if not (directory / "manifest.json").exists():
-        write_dataset(directory, train_pairs, test_pairs, seed=seed, lengths=lengths)
+        write_dataset(directory, train_pairs, test_pairs, seed=seed, lengths=lengths, threads=threads)
     return directory
 
 

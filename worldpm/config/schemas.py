@@ -29,6 +29,10 @@ LAYOUTS = ("packed", "shared_prompt", "padded")  # worldpm.data.packing
 ATTENTION = ("auto", "varlen", "block_mask")
 SCHEDULES = ("constant", "cosine", "linear")  # worldpm.train.engine
 WANDB_MODES = ("online", "offline", "disabled")  # worldpm.train.metrics
+UNITS = ("auto", "pairs", "threads")  # worldpm.train.prepare: what a step draws
+OBJECTIVES = ("pairs", "listwise")  # worldpm.data.threads
+LIKELIHOODS = ("bradley_terry", "plackett_luce")
+WEIGHTINGS = ("thread", "term")
 CATEGORY_NAMES = ("adversarial", "objective", "subjective", "in_distribution")
 
 
@@ -84,6 +88,10 @@ class Benchmark:
     prefer: Optional[str] = setting(None)
     max_items: Optional[int] = setting(None, min=1)
     loader: Optional[str] = setting(None)
+    prompts: Optional[int] = setting(None, min=1)  # bon_synthetic: prompts, replies per prompt, draws
+    samples: Optional[int] = setting(None, min=2)
+    seed: Optional[int] = setting(None, min=0)
+    bootstrap_samples: Optional[int] = setting(None, min=1)
     hub_name: Optional[str] = setting(None)
     hub_data_files: Optional[str] = setting(None)
     record_split: Optional[str] = setting(None)
@@ -133,6 +141,7 @@ class Data:
     weight: float = setting(above=0)
     mix: list[MixEntry] = setting([])
     max_tokens_per_micro_batch: int = setting(min=2)
+    unit: str = setting(choices=UNITS)
     packing: str = setting(choices=LAYOUTS)
     attention: str = setting(choices=ATTENTION)
     num_proc: int = setting(min=1)
@@ -141,7 +150,15 @@ class Data:
 
 
 @dataclass
+class Listwise:
+    likelihood: str = setting(choices=LIKELIHOODS)
+    weighting: str = setting(choices=WEIGHTINGS)
+
+
+@dataclass
 class Loss:
+    objective: str = setting(choices=OBJECTIVES)
+    listwise: Listwise = section(Listwise)
     margin_column: Optional[str] = setting()
     center_coefficient: float = setting(min=0)
 
@@ -257,6 +274,19 @@ def check_train(cfg: DictConfig) -> None:
         stage = (resolved.deepspeed.get("zero_optimization") or {}).get("stage")
         if stage not in (0, 1, 2, 3):
             raise ConstraintError(f"deepspeed.zero_optimization.stage={stage!r} must be 0, 1, 2 or 3")
+    unit = cfg.data.unit if cfg.data.unit != "auto" else ("threads" if cfg.loss.objective == "listwise" else "pairs")
+    if cfg.loss.objective == "listwise" and unit != "threads":
+        raise ConstraintError("loss.objective=listwise reads whole threads: set data.unit=threads (or auto)")
+    if unit == "threads":
+        if cfg.loss.margin_column:
+            raise ConstraintError("loss.margin_column is a column of pair shards; thread shards have none (data.unit=pairs)")
+        for key, path in [("data.path", cfg.data.path)] + [(f"data.mix[{i}].path", m.path) for i, m in enumerate(cfg.data.mix)]:
+            if not any((Path(str(path)) / "threads" / "train").glob("*.parquet")):
+                raise ConstraintError(f"{key}={path} has no threads/train/*.parquet thread shards (collect with "
+                                      "output.threads=true, or train on pairs: data.unit=pairs)")
+    if cfg.loss.objective == "listwise" and cfg.loss.listwise.likelihood == "plackett_luce" and cfg.loss.center_coefficient:
+        raise ConstraintError("loss.center_coefficient centres pairs of rewards; with loss.listwise.likelihood=plackett_luce set "
+                              "it to 0")
     world = expected_world_size()
     if resolved.deepspeed is None and world > 1:
         raise ConstraintError(f"{engine} trains in one process, but this job has {world} ranks; pass deepspeed=zero1|zero2|zero3 "
@@ -304,6 +334,7 @@ class EvalConfig(Scoring):
     max_tokens_per_batch: int = setting(min=1)
     max_batch_size: int = setting(min=1)
     max_padding: Any = setting()
+    shared_prompt: bool = setting()
     seed: int = setting()
     bootstrap: Bootstrap = section(Bootstrap)
     style: Style = section(Style)
@@ -384,6 +415,7 @@ class ScoreConfig(Scoring):
     max_tokens_per_batch: int = setting(min=1)
     max_batch_size: int = setting(min=1)
     max_padding: Any = setting()
+    shared_prompt: bool = setting()
     chunk_size: int = setting(min=1)
 
 
@@ -407,6 +439,7 @@ class Batching:
     max_tokens: int = setting(min=1)
     max_batch_size: int = setting(min=1)
     max_padding: Any = setting()
+    shared_prompt: bool = setting()
 
 
 @dataclass

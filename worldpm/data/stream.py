@@ -2,8 +2,9 @@
 
 `PairStream` is the data order: each dataset is walked in a fresh seeded permutation per epoch, and several datasets are
 interleaved by weight with smooth weighted round-robin (exact proportions in every window, no sampling noise). Its whole state
-is a few integers, saved in every checkpoint, so a resumed run sees exactly the pairs the uninterrupted run would have. All
-ranks draw the same global pairs for a step; worldpm.data.packing.rank_micro_batches then gives each rank its share.
+is a few integers, saved in every checkpoint, so a resumed run sees exactly the rows the uninterrupted run would have. A row
+is a pair, or a whole thread (`data.unit=threads`: a step takes threads until they hold its pairs). All ranks draw the same
+global rows for a step; worldpm.data.packing.rank_micro_batches then gives each rank its share.
 """
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ class Source:
     weight: float
 
 
-def sources(data_cfg) -> list[Source]:
-    """`data.path` (weight `data.weight`) plus every `data.mix` entry ({path, weight, name}); validated, one-line errors."""
+def sources(data_cfg, unit: str = "pairs") -> list[Source]:
+    """`data.path` (weight `data.weight`) plus every `data.mix` entry ({path, weight, name}); validated, one-line errors.
+    `unit=threads`: each must hold thread shards too (threads/train/*.parquet)."""
     if data_cfg.get("path") in (None, "", "???"):
         raise UserError("data.path is not set: point it at a collect output directory (with train/ and test/ parquet shards)")
     entries = [{"path": data_cfg.path, "weight": data_cfg.get("weight", 1.0), "name": "main"}]
@@ -40,6 +42,9 @@ def sources(data_cfg) -> list[Source]:
         problem = dataset_problem(path, "train")
         if problem:
             raise UserError(f"{key}={e['path']} {problem}")
+        if unit == "threads" and not sorted((path / "threads" / "train").glob("*.parquet")):
+            raise UserError(f"{key}={e['path']} has no threads/train/*.parquet thread shards (collect with output.threads=true, "
+                            "or train on pairs: data.unit=pairs)")
         try:
             weight = float(e["weight"])
         except (TypeError, ValueError):
@@ -53,12 +58,13 @@ def sources(data_cfg) -> list[Source]:
 
 
 class PairStream:
-    """The training order: (source, row) pairs from several datasets, by weight, each reshuffled every epoch.
+    """The training order: (source, row) pairs from several datasets, by weight, each reshuffled every epoch. With `pairs`
+    (per source, each row's number of pairs: rows are threads), `take(n)` takes rows until they hold n pairs.
 
     Deterministic given (sizes, weights, seed); `state_dict()` captures the position exactly.
     """
 
-    def __init__(self, sizes: Sequence[int], weights: Sequence[float], seed: int):
+    def __init__(self, sizes: Sequence[int], weights: Sequence[float], seed: int, pairs: Sequence[np.ndarray] | None = None):
         if len(sizes) != len(weights) or not sizes:
             raise ValueError("need one weight per dataset")
         if any(n <= 0 for n in sizes):
@@ -70,6 +76,7 @@ class PairStream:
         self.cursor = [0] * len(sizes)
         self.credit = [0.0] * len(sizes)
         self.drawn = 0
+        self.pairs = pairs
         self._perm: dict[int, tuple[int, np.ndarray]] = {}
 
     def _permutation(self, src: int) -> np.ndarray:
@@ -89,16 +96,19 @@ class PairStream:
         return src
 
     def take(self, n: int) -> list[tuple[int, int]]:
+        """The next rows holding n pairs (n rows of pairs)."""
         out = []
-        for _ in range(n):
+        covered = 0
+        while covered < n:
             src = self._next_source() if len(self.sizes) > 1 else 0
             row = int(self._permutation(src)[self.cursor[src]])
             out.append((src, row))
+            covered += 1 if self.pairs is None else max(1, int(self.pairs[src][row]))
             self.cursor[src] += 1
             if self.cursor[src] == self.sizes[src]:
                 self.cursor[src] = 0
                 self.epoch[src] += 1
-        self.drawn += n
+        self.drawn += len(out)
         return out
 
     def state_dict(self) -> dict:

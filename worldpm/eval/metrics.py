@@ -95,27 +95,28 @@ def accuracy_by(items: Sequence[Item], rewards: Sequence[np.ndarray], key) -> di
 
 
 # ---------------------------------------------------------------------- best-of-K
-def best_of_k(rewards: Sequence[float], correct: Sequence[bool], ks: Sequence[int]) -> np.ndarray:
-    """Expected correctness of the reward-argmax among K responses drawn uniformly without replacement, for each K; exact.
+def best_of_k(rewards: Sequence[float], correct: Sequence[float], ks: Sequence[int]) -> np.ndarray:
+    """Expected value (`correct`: correctness, or any value such as a gold reward) of the reward-argmax among K responses drawn
+    uniformly without replacement, for each K; exact.
 
     A tie at the top is broken uniformly at random. With responses grouped by equal reward, a group G (size g, with `a`
     responses strictly above it) supplies the pick iff no response above it is drawn and at least one of G is, which has
-    probability [C(N-a, K) - C(N-a-g, K)] / C(N, K); given that, the pick is uniform over G, so it is correct with G's mean
-    correctness. K > N gives nan.
+    probability [C(N-a, K) - C(N-a-g, K)] / C(N, K); given that, the pick is uniform over G, so its value is G's mean.
+    C(N-a, K) / C(N, K) is the product over i < a of (N-K-i) / (N-i), taken for every a and K at once. K > N gives nan.
     """
     r = np.asarray(rewards, dtype=np.float64)
     c = np.asarray(correct, dtype=np.float64)
     n = len(r)
+    ks = np.asarray(ks, dtype=np.int64)
     values, inverse = np.unique(-r, return_inverse=True)  # ascending -r: groups from the highest reward down
     size = np.bincount(inverse, minlength=len(values))
-    mean_correct = np.bincount(inverse, weights=c, minlength=len(values)) / size
+    mean = np.bincount(inverse, weights=c, minlength=len(values)) / size
     above = np.cumsum(size) - size
-    out = np.full(len(ks), np.nan)
-    for j, k in enumerate(ks):
-        if 1 <= k <= n:
-            total = math.comb(n, k)
-            out[j] = sum(m * (math.comb(n - a, k) - math.comb(n - a - g, k)) for m, a, g in zip(mean_correct, above, size)) / total
-    return out
+    a = np.arange(n)[:, None]
+    factors = np.clip(n - ks[None, :] - a, 0, None) / (n - a)  # (n, K)
+    survive = np.vstack([np.ones((1, len(ks))), np.cumprod(factors, axis=0)])  # C(N-a, K) / C(N, K) for a = 0..N
+    out = mean @ (survive[above] - survive[above + size])
+    return np.where((ks >= 1) & (ks <= n), out, np.nan)
 
 
 def oracle_best_of_k(correct: Sequence[bool], ks: Sequence[int]) -> np.ndarray:
@@ -123,6 +124,30 @@ def oracle_best_of_k(correct: Sequence[bool], ks: Sequence[int]) -> np.ndarray:
     c = np.asarray(correct, dtype=bool)
     n, wrong = len(c), int((~c).sum())
     return np.array([1.0 - math.comb(wrong, k) / math.comb(n, k) if 1 <= k <= n else np.nan for k in ks])
+
+
+def best_of_k_curve(items: Sequence[Item], rewards: Sequence[np.ndarray]) -> dict | None:
+    """PPE's best-of-K curve over items with per-response correctness: for K = 1..the most responses of an item, the
+    expected correctness of the reward-argmax among K drawn responses (`best_of_k`), averaged over the items; the oracle (some
+    drawn response correct), the end score (K = max), its maximum and the random pick (K = 1). None without such items."""
+    part = [(it, np.asarray(r)) for it, r in zip(items, rewards) if it.correct is not None and len(it.responses) > 1]
+    if not part:
+        return None
+    ks = list(range(1, max(len(it.responses) for it, _ in part) + 1))
+    curve = np.nanmean([best_of_k(r, it.correct, ks) for it, r in part], axis=0)
+    oracle = np.nanmean([oracle_best_of_k(it.correct, ks) for it, _ in part], axis=0)
+    return {"n_prompts": len(part), "k": ks, "expected_correctness": curve.tolist(), "oracle": oracle.tolist(),
+            "end_score": float(curve[-1]), "max_achieved": float(np.nanmax(curve)), "random_pick": float(curve[0])}
+
+
+def best_of_k_by(items: Sequence[Item], rewards: Sequence[np.ndarray], key: str = "subtask") -> dict[str, dict]:
+    """`best_of_k_curve` per group (`items.group_indices`) that has items with correctness."""
+    out = {}
+    for g, idx in group_indices(items, key).items():
+        curve = best_of_k_curve([items[i] for i in idx], [rewards[i] for i in idx])
+        if curve is not None:
+            out[g] = curve
+    return out
 
 
 # ---------------------------------------------------------------------- ROC-AUC

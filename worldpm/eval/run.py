@@ -28,7 +28,7 @@ from worldpm.eval.bootstrap import percentile_ci, ratio_replicates, rng_for
 from worldpm.eval.categories import aggregate, category_of
 from worldpm.eval.checkpoints import discover, find_state
 from worldpm.eval.metrics import item_stats
-from worldpm.eval.report import write_report, write_series_report
+from worldpm.eval.report import best_of_n_results, write_report, write_series_report
 from worldpm.eval.results import reward_rows, write_rewards
 from worldpm.eval.scoring import score_items
 from worldpm.eval.style import pair_features, response_features, style_control
@@ -59,7 +59,8 @@ def evaluate_model(model, benchmarks: Mapping[str, tuple[dict, list]], cfg: Dict
     max_padding = resolve_max_padding(cfg.get("max_padding", "auto"), model.device)
     for name, (bcfg, items) in benchmarks.items():
         scored = score_items(model, items, cfg.get("max_length"), int(cfg.max_tokens_per_batch), desc=name,
-                             max_batch_size=int(cfg.get("max_batch_size", 64)), max_padding=max_padding)
+                             max_batch_size=int(cfg.get("max_batch_size", 64)), max_padding=max_padding,
+                             shared_prompt=cfg.get("shared_prompt", True))
         for key in ("n_sequences", "n_unique", "n_truncated", "seconds"):
             totals[key] += getattr(scored, key)
         by_subtask: dict[str, list[int]] = defaultdict(list)
@@ -128,12 +129,13 @@ def _evaluate_series(cfg: DictConfig, benchmarks, out: Path) -> list[dict]:
                 log.info("%s: results.json exists for this checkpoint state and these benchmarks; skipped "
                          "(series.skip_done=false redoes it)", ckpt.name)
                 series.append({"name": ckpt.name, **_label(ckpt.state), "categories": previous.get("categories", {}),
-                               "results": str(done)})
+                               "best_of_n": best_of_n_results(previous), "results": str(done)})
                 continue
         model = load_model(str(ckpt.model_dir), cfg)
         results = evaluate_model(model, benchmarks, cfg, target, str(ckpt.model_dir), ckpt.state)
         del model
-        series.append({"name": ckpt.name, **_label(ckpt.state), "categories": results["categories"], "results": str(done)})
+        series.append({"name": ckpt.name, **_label(ckpt.state), "categories": results["categories"],
+                       "best_of_n": best_of_n_results(results), "results": str(done)})
     write_json(out / "series.json", {"run_dir": str(cfg.run_dir), "checkpoints": series})
     write_series_report(series, out, plots=bool(cfg.report.plots))
     return series

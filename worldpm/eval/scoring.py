@@ -1,8 +1,10 @@
 """One scoring pass per benchmark with the shared reward reader (`RewardModel.score_ids`).
 
-Every (prompt, reply) of the benchmark is rendered once, identical ones deduplicated (RM-Bench, PPE best-of-K and RMB BoN share
-prompts across many replies; pairwise sets repeat replies), tokenised in one call and scored in one `score_ids` call: its
-length-sorted batches hold sequences of similar length (at most `max_padding` of a batch padding, as `worldpm score`).
+Every (prompt, reply) of the benchmark is rendered once, identical ones deduplicated (pairwise sets repeat replies), tokenised
+in one call and scored in one `score_ids` call. The responses of one prompt — PPE's best-of-32, RM-Bench's six, RewardBench 2's
+best-of-4, RMB's BoN lists, a pair's two replies — are scored with the prompt encoded once (shared-prompt rows,
+worldpm.model.segments: the rewards each gets alone); `shared_prompt=False` scores every sequence in length-sorted padded
+batches instead (at most `max_padding` of a batch padding, as `worldpm score`).
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ class Scored:
 
 
 def score_items(model, items: Sequence[Item], max_length: int | None = None, max_tokens: int = 16384, desc: str = "",
-                max_batch_size: int = 64, max_padding: float | None = None) -> Scored:
+                max_batch_size: int = 64, max_padding: float | None = None, shared_prompt: bool = True) -> Scored:
     start = time.perf_counter()
     keys: dict[tuple[str, str], int] = {}
     convs, index = [], []
@@ -53,7 +55,7 @@ def score_items(model, items: Sequence[Item], max_length: int | None = None, max
     with tqdm(total=int(lengths.sum()), desc=f"scoring {desc}".strip(), unit="tok", unit_scale=True, mininterval=2.0,
               disable=None) as bar:
         rewards = np.asarray(model.score_ids(ids, max_tokens=max_tokens, max_batch_size=max_batch_size, max_padding=max_padding,
-                                             progress=bar.update), dtype=np.float64)
+                                             progress=bar.update, shared_prompt=shared_prompt), dtype=np.float64)
 
     replies = sorted({r for item in items for r in item.responses})
     reply_len = dict(zip(replies, (len(x) for x in model.tokenizer(replies, add_special_tokens=False)["input_ids"]))) if replies else {}

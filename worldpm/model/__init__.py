@@ -1,6 +1,7 @@
 """The reward reader shared by every part of worldpm: `RewardModel` (backbone + reward head, read at the reward token), the
-checkpoint contract, the one loader (`load_reward_model`), the chat format and reward index, tokenizers, the Bradley-Terry loss,
-and padding of scored batches. Imports nothing from data, train, eval or serve.
+checkpoint contract, the one loader (`load_reward_model`), the chat format and reward index, tokenizers, the Bradley-Terry loss
+and its listwise form, padding of scored batches, and rows of segments in which a prompt is stored once for all its replies
+(segments.py). Imports nothing from data, train, eval or serve.
 """
 __all__ = ["RewardModel", "RewardSpec", "load_reward_model"]
 

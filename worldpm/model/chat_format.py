@@ -74,6 +74,13 @@ def check_conversation(conversation, where: str = "conversation") -> list[Mappin
     return list(conversation)
 
 
+def responses_conversations(prompt, responses: Sequence[str]) -> list[list[Mapping[str, str]]]:
+    """N responses to one prompt (a list of {role, content} messages, or a user message as a string) as N conversations."""
+    if isinstance(prompt, str):
+        prompt = [{"role": "user", "content": prompt}]
+    return [[*prompt, {"role": "assistant", "content": r}] for r in responses]
+
+
 def render(conversation, system_prompt: str = "") -> Rendered:
     """Render a conversation (ending with the assistant reply) into WorldPM's ChatML string with the reward token appended."""
     messages = check_conversation(conversation)
@@ -110,25 +117,28 @@ def render_text(text: str, where: str = "text") -> Rendered:
     return Rendered(text, reply_start, body_end if im_end < 0 else im_end)
 
 
-def encode(tokenizer, rendered: Iterable[Rendered], max_length: int) -> tuple[list[list[int]], int]:
-    """Token ids for each rendered text, each ending in the reward token and at most `max_length` long.
-
-    Returns (ids, number truncated). One batched call to the fast tokenizer; offsets place the prompt/reply/suffix boundaries.
-    """
+def encode(tokenizer, rendered: Iterable[Rendered], max_length: int) -> "EncodedBatch":
+    """Token ids for each rendered text, each ending in the reward token and at most `max_length` long, with which were cut
+    and which share a prompt (EncodedBatch). One batched call to the fast tokenizer; offsets place the prompt/reply/suffix
+    boundaries."""
     rendered = list(rendered)
     if not rendered:
-        return [], 0
+        return EncodedBatch()
     reward_id = tokenizer.convert_tokens_to_ids(REWARD_TOKEN)
     enc = tokenizer([r.text for r in rendered], add_special_tokens=False, return_offsets_mapping=True)
-    out, n_truncated = [], 0
+    out, cut, prompts = [], [], []
     for r, ids, offsets in zip(rendered, enc["input_ids"], enc["offset_mapping"]):
         if not ids or ids[-1] != reward_id:
             raise UserError(f"text does not end in the reward token {REWARD_TOKEN} after tokenisation: {r.text[-40:]!r}")
-        if len(ids) > max_length:
+        truncated = len(ids) > max_length
+        if truncated:
             ids = _truncate(ids, offsets, r, max_length)
-            n_truncated += 1
         out.append(list(ids))
-    return out, n_truncated
+        cut.append(truncated)
+        # the rendered text before the reply (through the assistant header): equal keys, one prompt. A truncated sequence lost
+        # the start of its prompt, and a text with no assistant header has no prompt to share.
+        prompts.append(None if truncated or r.reply_start == 0 else hash(r.text[:r.reply_start]))
+    return EncodedBatch(out, cut, prompts)
 
 
 def _truncate(ids: list[int], offsets, r: Rendered, max_length: int) -> list[int]:
@@ -148,16 +158,21 @@ def _truncate(ids: list[int], offsets, r: Rendered, max_length: int) -> list[int
     return ids[cut_prompt:h] + ids[h:p] + ids[p:s - cut_reply] + ids[s:]
 
 
-def encode_conversations(tokenizer, conversations, max_length: int, system_prompt: str = "") -> tuple[list[list[int]], int]:
+def encode_conversations(tokenizer, conversations, max_length: int, system_prompt: str = "") -> "EncodedBatch":
     return encode(tokenizer, (render(c, system_prompt) for c in conversations), max_length)
 
 
 class EncodedBatch(list):
-    """Token-id lists, one per input, each ending in the reward token; `truncated`: how many were cut to fit max_length."""
+    """Token-id lists, one per input, each ending in the reward token. `truncated`: how many were cut to fit max_length;
+    `cut`: which; `prompts`: a key per sequence, equal for sequences rendered from the same prompt (None for a truncated one),
+    so scoring can encode a prompt once for all its responses (worldpm.model.segments)."""
 
-    def __init__(self, ids: Iterable[list[int]] = (), truncated: int = 0):
+    def __init__(self, ids: Iterable[list[int]] = (), cut: Sequence[bool] | None = None,
+                 prompts: Sequence[int | None] | None = None):
         super().__init__(ids)
-        self.truncated = truncated
+        self.cut = list(cut) if cut is not None else [False] * len(self)
+        self.prompts = list(prompts) if prompts is not None else [None] * len(self)
+        self.truncated = sum(self.cut)
 
 
 @dataclass(frozen=True)
@@ -173,14 +188,11 @@ class ChatEncoder:
     system_prompt: str = ""
 
     def conversations(self, conversations, max_length: int | None = None) -> EncodedBatch:
-        ids, truncated = encode_conversations(self.tokenizer, conversations, int(max_length or self.max_length),
-                                              self.system_prompt)
-        return EncodedBatch(ids, truncated)
+        return encode_conversations(self.tokenizer, conversations, int(max_length or self.max_length), self.system_prompt)
 
     def texts(self, texts: Sequence[str], max_length: int | None = None) -> EncodedBatch:
-        ids, truncated = encode(self.tokenizer, [render_text(t, f"text {i}") for i, t in enumerate(texts)],
-                                int(max_length or self.max_length))
-        return EncodedBatch(ids, truncated)
+        return encode(self.tokenizer, [render_text(t, f"text {i}") for i, t in enumerate(texts)],
+                      int(max_length or self.max_length))
 
     def fingerprint(self) -> str:
         """A stable hash of everything that decides the ids (tokenizer, max_length, system prompt), for caches of encoded data."""

@@ -9,17 +9,18 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Hashable, Mapping, Sequence
 
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel
 
 from worldpm.errors import UserError
-from worldpm.model.chat_format import PAD_TOKEN, ChatEncoder, EncodedBatch
-from worldpm.model.checkpoint import (RewardSpec, load_backbone, read_config, read_head_tensors, save_checkpoint, spec_for,
+from worldpm.model.chat_format import PAD_TOKEN, ChatEncoder, EncodedBatch, responses_conversations
+from worldpm.model.checkpoint import (HEADS, RewardSpec, load_backbone, read_config, read_head_tensors, save_checkpoint, spec_for,
                                       torch_dtype)
 from worldpm.model.padding import length_sorted_batches, pad_batch
+from worldpm.model.segments import best_fit, pack, segment_attention, segment_inputs, shared_prompt_groups
 from worldpm.model.tokenizer import load_tokenizer
 
 
@@ -116,33 +117,61 @@ class RewardModel(nn.Module):
 
     @torch.inference_mode()
     def score_ids(self, sequences: Sequence[Sequence[int]], max_tokens: int = 16384, max_batch_size: int = 64,
-                  max_padding: float | None = None, progress: Callable[[int], Any] | None = None) -> list[float]:
+                  max_padding: float | None = None, progress: Callable[[int], Any] | None = None,
+                  prompts: Sequence[Hashable | None] | None = None, shared_prompt: bool = True) -> list[float]:
         """Rewards for token-id sequences (each ending in the reward token), in input order.
 
-        Scored in length-sorted, right-padded batches of at most `max_tokens` padded tokens, `max_batch_size` rows and (when
-        given) a `max_padding` share of padding (worldpm.model.padding.length_sorted_batches); `progress(n_tokens)` after each batch.
+        Sequences of one prompt (equal `prompts` keys; default: the `.prompts` of an EncodedBatch) are scored in shared-prompt
+        rows, the prompt encoded once for all of them (worldpm.model.segments; the rewards each gets alone), at most
+        `max_tokens` tokens a row. The rest go in length-sorted, right-padded batches of at most `max_tokens` padded tokens,
+        `max_batch_size` rows and (when given) a `max_padding` share of padding (worldpm.model.padding.length_sorted_batches).
+        `shared_prompt=False` scores every sequence in padded batches. `progress(n_tokens)` after each forward, counting each
+        sequence's whole length.
         """
         was_training = self.training
         self.eval()
         lengths = [len(s) for s in sequences]
         rewards: list[float] = [0.0] * len(sequences)
+        keys = (prompts if prompts is not None else getattr(sequences, "prompts", None)) if shared_prompt else None
+        groups = shared_prompt_groups(sequences, keys, max_tokens) if keys else []
+        grouped = {i for members, _ in groups for i in members}
+        alone = [i for i in range(len(sequences)) if i not in grouped]
+        dev = self.device
         try:
-            for batch in length_sorted_batches(lengths, max_tokens, max_batch_size, max_padding):
+            for batch in length_sorted_batches([lengths[i] for i in alone], max_tokens, max_batch_size, max_padding):
+                batch = [alone[i] for i in batch]
                 ids, mask, pos, cols = pad_batch([sequences[i] for i in batch], self.pad_id, side="right")
-                dev = self.device
                 out = self(ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
                            reward_index=(torch.arange(len(batch)), cols))
                 for i, r in zip(batch, out.tolist()):
                     rewards[i] = r
                 if progress is not None:
                     progress(sum(lengths[i] for i in batch))
+            if groups:
+                with segment_attention(self) as (attention, implementation):
+                    dtype = next(self.parameters()).dtype
+                    for row in best_fit([g.cost for _, g in groups], max_tokens):
+                        ids, positions, segments, reward_index = pack([groups[j][1] for j in row])
+                        out = self(**segment_inputs(torch.tensor([ids]), torch.tensor([positions]), segments,
+                                                    torch.tensor(reward_index), attention, implementation, dtype, dev))
+                        members = [i for j in row for i in groups[j][0]]
+                        for i, r in zip(members, out.tolist()):
+                            rewards[i] = r
+                        if progress is not None:
+                            progress(sum(lengths[i] for i in members))
         finally:
             self.train(was_training)
         return rewards
 
     def score(self, conversations, max_length: int | None = None, **batching) -> list[float]:
-        """Rewards for conversations (lists of {role, content} ending with the assistant reply), in input order."""
+        """Rewards for conversations (lists of {role, content} ending with the assistant reply), in input order; the
+        conversations that share a prompt have it encoded once (`score_ids`)."""
         return self.score_ids(self.encode(conversations, max_length), **batching)
+
+    def score_responses(self, prompt, responses: Sequence[str], max_length: int | None = None, **batching) -> list[float]:
+        """Rewards for N responses to one prompt (a list of {role, content} messages, or a user message as a string), the
+        prompt encoded once: best-of-N selection, RLHF rollouts."""
+        return self.score(responses_conversations(prompt, responses), max_length, **batching)
 
     def score_texts(self, texts: Sequence[str], max_length: int | None = None, **batching) -> list[float]:
         """Rewards for already-rendered ChatML texts (OpenRLHF's protocol); the reward token is appended when absent."""

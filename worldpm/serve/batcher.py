@@ -7,6 +7,10 @@ never entered concurrently; callers get a `concurrent.futures.Future` (`asyncio.
 
 The window starts when the first request of a batch arrives: a lone request waits at most `window_ms`; under load the queue
 already holds the next requests when a forward ends, so they are taken at once without waiting.
+
+Each sequence may come with a prompt key (worldpm.model.chat_format.EncodedBatch.prompts): the keys of a gathered batch go to
+the scoring function with it, so responses to one prompt — from one request or from several arriving together (an RLHF
+trainer sends its N rollouts of a prompt as N requests) — are scored with the prompt encoded once (RewardModel.score_ids).
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ class _Job:
     sequences: list[list[int]]
     future: Future
     tokens: int
+    prompts: list | None = None  # a prompt key per sequence (None: no key)
 
 
 @dataclass
@@ -49,7 +54,8 @@ class BatchStats:
 
 
 class RequestBatcher:
-    """Queue of token-id requests in front of `score_ids(list of id lists) -> list of floats`, run in one worker thread.
+    """Queue of token-id requests in front of `score_ids(list of id lists[, prompts=keys]) -> list of floats`, run in one
+    worker thread (`prompts` is passed when some sequence of the batch has a prompt key).
 
     - `enabled=False`: every request is scored on its own, in arrival order (the baseline the benchmark compares against).
     - `window_ms`: how long the first request of a batch waits for company.
@@ -78,9 +84,11 @@ class RequestBatcher:
         """Requests submitted and not yet answered."""
         return self._pending
 
-    def submit(self, sequences: Sequence[Sequence[int]]) -> Future:
-        """A future of the rewards of `sequences` (token-id lists ending in the reward token), in order."""
+    def submit(self, sequences: Sequence[Sequence[int]], prompts: Sequence | None = None) -> Future:
+        """A future of the rewards of `sequences` (token-id lists ending in the reward token), in order. `prompts`: a key per
+        sequence (default: an EncodedBatch's own `.prompts`)."""
         fut: Future = Future()
+        prompts = list(prompts) if prompts is not None else getattr(sequences, "prompts", None)
         sequences = [list(s) for s in sequences]
         if not sequences:
             fut.set_result([])
@@ -89,7 +97,7 @@ class RequestBatcher:
             if self._closed:
                 raise RuntimeError("the scorer is shut down")
             self._pending += 1
-            self._queue.put(_Job(sequences, fut, sum(len(s) for s in sequences)))
+            self._queue.put(_Job(sequences, fut, sum(len(s) for s in sequences), prompts))
         return fut
 
     def close(self, timeout: float | None = None) -> None:
@@ -136,9 +144,10 @@ class RequestBatcher:
 
     def _score_live(self, jobs: list[_Job]) -> None:
         flat = [s for j in jobs for s in j.sequences]
+        keys = [k for j in jobs for k in (j.prompts or [None] * len(j.sequences))]
         start = time.perf_counter()
         try:
-            rewards = self.score_ids(flat)
+            rewards = self.score_ids(flat, prompts=keys) if any(k is not None for k in keys) else self.score_ids(flat)
             if len(rewards) != len(flat):
                 raise RuntimeError(f"scorer returned {len(rewards)} rewards for {len(flat)} sequences")
         except Exception as exc:  # every waiting caller learns of it; the worker keeps serving

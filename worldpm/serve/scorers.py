@@ -3,7 +3,8 @@ function from many threads, one sample each; the HTTP server from many requests)
 LocalScorer behind HTTP; `worldpm.serve.client.RemoteScorer` answers the same two calls against a running server:
 
 - `score_texts(texts)`: full ChatML texts as OpenRLHF sends them (the reward token is appended when absent);
-- `score_conversations(conversations)`: lists of {role, content} ending with the assistant reply.
+- `score_conversations(conversations)`: lists of {role, content} ending with the assistant reply;
+- `score_responses(prompt, responses)`: N responses to one prompt, the prompt encoded once.
 
 Each returns `Scores(rewards, raw)` (worldpm.serve.scores): `rewards` after the optional normalisation with the checkpoint's
 stored mean/std and clipping, `raw` the model's own output.
@@ -15,6 +16,7 @@ from concurrent.futures import Future
 from functools import partial
 from typing import Sequence
 
+from worldpm.model.chat_format import responses_conversations
 from worldpm.model.checkpoint import read_config
 from worldpm.model.padding import resolve_max_padding
 from worldpm.serve.batcher import RequestBatcher
@@ -34,14 +36,14 @@ class LocalScorer:
 
     def __init__(self, model, *, normalize: bool = False, clip: float | None = None, max_length: int | None = None,
                  batching: bool = True, window_ms: float = 5.0, max_tokens: int = 16384, max_batch_size: int = 256,
-                 max_padding="auto", where: str = "the checkpoint"):
+                 max_padding="auto", shared_prompt: bool = True, where: str = "the checkpoint"):
         self.model = model.eval()
         self.transform = RewardTransform.for_model(model.spec, normalize, clip, where)
         self.max_length = int(max_length or model.spec.max_length)
         self.max_padding = resolve_max_padding(max_padding, model.device)
         self._tokenize_lock = threading.Lock()  # a HF fast tokenizer is not safe to call from several threads at once
         self.batcher = RequestBatcher(partial(model.score_ids, max_tokens=max_tokens, max_batch_size=max_batch_size,
-                                              max_padding=self.max_padding),
+                                              max_padding=self.max_padding, shared_prompt=shared_prompt),
                                       enabled=batching, window_ms=window_ms, max_tokens=max_tokens)
 
     @classmethod
@@ -61,7 +63,8 @@ class LocalScorer:
             return self.model.encode(conversations, self.max_length)
 
     def submit(self, sequences: Sequence[Sequence[int]]) -> Future:
-        """Raw rewards of token-id sequences, as a future (batched with whatever else is being scored)."""
+        """Raw rewards of token-id sequences, as a future (batched with whatever else is being scored; an EncodedBatch's
+        prompt keys travel with it, so responses to one prompt share its encoding)."""
         return self.batcher.submit(sequences)
 
     def score_texts(self, texts: Sequence[str]) -> Scores:
@@ -71,6 +74,9 @@ class LocalScorer:
     def score_conversations(self, conversations) -> Scores:
         raw = self.submit(self.encode_conversations(list(conversations))).result()
         return Scores(self.transform(raw), raw)
+
+    def score_responses(self, prompt, responses: Sequence[str]) -> Scores:
+        return self.score_conversations(responses_conversations(prompt, responses))
 
     def close(self) -> None:
         self.batcher.close()

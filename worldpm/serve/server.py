@@ -6,12 +6,14 @@ Endpoints (the HTTP contract, ARCHITECTURE.md):
   rendered prompt+response, scored as given with the reward token appended when absent) ->
   `{"rewards": [...], "scores": [...], "extra_logs": {"raw_reward": [...]}}`. `rewards` are normalised/clipped when asked;
   `scores` = sigmoid(rewards) in (0, 1), what OpenRLHF's dynamic filtering reads; `raw_reward` is the model's own output.
-- `POST /v1/score` `{"conversations": [[{role, content}, ...], ...]}` -> `{"rewards": [...]}`.
+- `POST /v1/score` `{"conversations": [[{role, content}, ...], ...]}` -> `{"rewards": [...]}`; or N responses to one prompt,
+  `{"prompt": [{role, content}, ...] or "text", "responses": ["...", ...]}` -> `{"rewards": [...]}` (one per response).
 - `GET /health` -> `{"status": "ok", "pending": n, "limits": {...}, "traffic": {...}}` (no auth, no model details; traffic
   holds the micro-batcher's counts since start: requests, sequences, tokens, batches, largest_batch).
 
 Concurrent requests are gathered for `batching.window_ms` up to `batching.max_tokens` and scored in one forward
-(worldpm.serve.batcher). Safe by default: binds 127.0.0.1; with `api_key` every scoring request needs
+(worldpm.serve.batcher); responses to one prompt in a gathered batch — one request's, or several requests' — are scored with
+the prompt encoded once (`batching.shared_prompt`), the same rewards as alone. Safe by default: binds 127.0.0.1; with `api_key` every scoring request needs
 `Authorization: Bearer <api_key>` (compared in constant time); request bodies, items and items' lengths are bounded; bad
 requests get a 4xx with `{"error": "..."}` and never reach the model; bodies are never logged. SIGTERM/SIGINT stop taking
 connections, finish the requests in flight, then exit 0.
@@ -38,7 +40,7 @@ from starlette.requests import Request  # at module level: FastAPI resolves the 
 
 from worldpm.config import check
 from worldpm.errors import UserError
-from worldpm.model.chat_format import check_conversation, check_text
+from worldpm.model.chat_format import check_conversation, check_text, responses_conversations
 from worldpm.model.loader import describe, load_reward_model, model_source
 from worldpm.serve.scorers import LocalScorer, check_statistics
 from worldpm.serve.scores import sigmoid
@@ -136,19 +138,30 @@ def check_queries(body, limits: Limits) -> list[str]:
 
 
 def check_conversations(body, limits: Limits) -> list[list[dict]]:
-    conversations = _field(body, "conversations")
+    """/v1/score's conversations: `conversations`, or a `prompt` with its `responses` (one conversation per response)."""
+    if isinstance(body, dict) and ("responses" in body or "prompt" in body):
+        if "conversations" in body:
+            raise ApiError(422, "give either 'conversations' or 'prompt' with 'responses', not both")
+        responses, prompt, key = _field(body, "responses"), body.get("prompt"), "responses"
+        if not isinstance(prompt, (str, list)) or not prompt:
+            raise ApiError(422, "'prompt' must be a string or a non-empty list of {role, content} messages")
+        for i, r in enumerate(responses):
+            if not isinstance(r, str):
+                raise ApiError(422, f"responses[{i}] must be a string, got {type(r).__name__}")
+        conversations = responses_conversations(prompt, responses)
+    else:
+        conversations, key = _field(body, "conversations"), "conversations"
     if len(conversations) > limits.max_items_per_request:
-        raise ApiError(413, f"'conversations' has {len(conversations)} items; the limit is {limits.max_items_per_request} "
-                            "per request")
+        raise ApiError(413, f"'{key}' has {len(conversations)} items; the limit is {limits.max_items_per_request} per request")
     out = []
     for i, conv in enumerate(conversations):
         try:
-            messages = check_conversation(conv, where=f"conversations[{i}]")
+            messages = check_conversation(conv, where=f"{key}[{i}]")
         except UserError as exc:
             raise ApiError(422, str(exc)) from None
         chars = sum(len(m["content"]) for m in messages)
         if chars > limits.max_chars_per_item:
-            raise ApiError(413, f"conversations[{i}] has {chars} characters; the limit is {limits.max_chars_per_item}")
+            raise ApiError(413, f"{key}[{i}] has {chars} characters; the limit is {limits.max_chars_per_item}")
         out.append([{"role": m["role"], "content": m["content"]} for m in messages])
     return out
 
@@ -288,6 +301,8 @@ def run(cfg: DictConfig) -> None:
     host, port = str(cfg.host), cfg.port
     limits = Limits(**OmegaConf.to_container(cfg.limits, resolve=True))
     batching = cfg.batching
+    if not isinstance(batching.get("shared_prompt", True), bool):
+        raise UserError(f"batching.shared_prompt must be true or false, got {batching.shared_prompt!r}")
     _check_port_free(host, port)
 
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
@@ -296,7 +311,7 @@ def run(cfg: DictConfig) -> None:
     scorer = LocalScorer(model, normalize=bool(cfg.normalize), clip=cfg.clip, max_length=cfg.max_length,
                          batching=bool(batching.enabled), window_ms=float(batching.window_ms),
                          max_tokens=int(batching.max_tokens), max_batch_size=int(batching.max_batch_size),
-                         max_padding=batching.max_padding,
+                         max_padding=batching.max_padding, shared_prompt=batching.get("shared_prompt", True),
                          where=model_source(cfg.model_path, model_cfg))
     app = create_app(scorer, api_key=cfg.api_key, limits=limits, log_every_s=float(cfg.log_every_s))
     log.info("model %s; max_length %d tokens", describe(model, cfg.model_path, model_cfg), scorer.max_length)

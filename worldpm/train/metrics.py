@@ -27,7 +27,9 @@ log = logging.getLogger("worldpm.train")
 # Summed per step on each rank, then over ranks in the step's one all_reduce (the order of that tensor). STATS come from the
 # rewards and stay on the device (float64) until then; COUNTS are known on the host.
 STATS = ("loss", "objective", "correct", "rc", "rc2", "rr", "rr2", "margin", "nonfinite")
-COUNTS = ("pairs", "real_tokens", "pad_tokens", "processed_tokens", "stop")  # stop: this rank got a preemption signal
+# terms: the loss's terms (the pairs for `pairs`; every ranked pair or Plackett-Luce stage for listwise); stop: this rank got a
+# preemption signal
+COUNTS = ("pairs", "terms", "real_tokens", "pad_tokens", "processed_tokens", "stop")
 SUMS = STATS + COUNTS
 
 
@@ -96,14 +98,14 @@ class MetricsLog:
 
 
 def micro_batch_stats(rc: torch.Tensor, rr: torch.Tensor, objective: torch.Tensor) -> torch.Tensor:
-    """A micro-batch's STATS as one float64 tensor on the rewards' device (no host sync). `loss` is the plain BT loss, the
-    `objective` the loss trained on (with the margin and centring terms when set), summed over pairs."""
+    """A micro-batch's STATS as one float64 tensor on the rewards' device (no host sync), over its sampled pairs (rc, rr).
+    `loss` is the plain BT loss summed over the pairs; `objective` the loss trained on (margin, centring, listwise terms),
+    scaled so that the step's sum divided by its pairs is the step's weighted mean objective (train.loss)."""
     rc, rr = rc.float(), rr.float()
     losses = bt_losses(rc, rr)
-    n = rc.numel()
     finite = torch.isfinite(losses).all() & torch.isfinite(objective)
     values = {
-        "loss": losses.sum(), "objective": objective.double() * n, "correct": (rc > rr).sum(), "rc": rc.sum(),
+        "loss": losses.sum(), "objective": objective.double(), "correct": (rc > rr).sum(), "rc": rc.sum(),
         "rc2": (rc * rc).sum(), "rr": rr.sum(), "rr2": (rr * rr).sum(), "margin": (rc - rr).sum(), "nonfinite": ~finite,
     }
     return torch.stack([values[k].double() for k in STATS])
@@ -116,7 +118,8 @@ def step_metrics(s: dict, counters: dict, grad_norm: float, lr: float, elapsed: 
         "step": counters["step"], "loss": s["loss"] / n, "objective": s["objective"] / n, "accuracy": s["correct"] / n,
         "reward_chosen_mean": s["rc"] / n, "reward_chosen_std": std(s["rc"], s["rc2"]),
         "reward_rejected_mean": s["rr"] / n, "reward_rejected_std": std(s["rr"], s["rr2"]), "margin": s["margin"] / n,
-        "grad_norm": grad_norm, "lr": lr, "tokens": int(s["real_tokens"]), "processed_tokens": int(s["processed_tokens"]),
+        "grad_norm": grad_norm, "lr": lr, "pairs": int(s["pairs"]), "terms": int(s["terms"]), "tokens": int(s["real_tokens"]),
+        "processed_tokens": int(s["processed_tokens"]),
         "tokens_per_s": s["real_tokens"] / elapsed,
         "padding_fraction": s["pad_tokens"] / max(s["processed_tokens"], 1.0), "step_time_s": elapsed,
         "pairs_seen": counters["pairs_seen"], "tokens_seen": counters["tokens_seen"], "epoch": epoch,

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from worldpm.config import check
 from worldpm.config.schemas import resolve_deepspeed
+from worldpm.data.threads import Objective
 from worldpm.errors import UserError
 from worldpm.model.checkpoint import has_reward_head
 from worldpm.model.loader import load_reward_model
@@ -36,6 +37,21 @@ def validate(cfg: DictConfig) -> tuple[DictConfig, str]:
         raise UserError("trainer.precision=bf16 but this machine has no bf16 support; use trainer.precision=fp32")
     check_quantization(lora_settings(cfg.model.get("lora")), cfg.get("deepspeed"))
     return cfg, engine
+
+
+def objective_of(cfg: DictConfig) -> Objective:
+    """`loss.objective` and its listwise options (a one-line UserError for a bad value)."""
+    listwise = cfg.loss.get("listwise") or {}
+    return Objective(str(cfg.loss.get("objective", "pairs")), str(listwise.get("likelihood", "bradley_terry")),
+                     str(listwise.get("weighting", "thread")))
+
+
+def data_unit(cfg: DictConfig) -> str:
+    """What a step draws (`data.unit`): `pairs` or `threads`; `auto` is threads for the listwise objective, else pairs."""
+    unit = str(cfg.data.get("unit", "auto"))
+    if unit == "auto":
+        return "threads" if objective_of(cfg).name == "listwise" else "pairs"
+    return unit
 
 
 def _bf16_supported() -> bool:

@@ -3,24 +3,27 @@
 Supports: one process (`deepspeed=null`: plain PyTorch, for debugging and small models) or every rank of a DeepSpeed ZeRO-1/2/3
 job (+ CPU offload) started by torchrun, `deepspeed --no_local_rank`, SLURM srun or Hydra's submitit launcher, on one node or
 many, with the model's recommended ZeRO config by default (`deepspeed=auto`: model.train.deepspeed); fp32 or bf16; activation
-checkpointing; padding-free packing (`data.packing`); several datasets mixed by weight (`data.mix`); a margin column; exact
-resume (engine state, data position, RNG), also on another number of ranks (universal checkpoint); preemption and time
-limits (SIGTERM/SIGUSR1/SIGUSR2 -> checkpoint, then the launcher's own handler, e.g. submitit's requeue).
-Assumes: `data.path` is a `worldpm collect` output (PairRecord shards); the model is a `model=` config (a pretrained backbone,
-a reward checkpoint through `init_from`, or a random init such as model=tiny).
+checkpointing; padding-free packing (`data.packing`); pairs or whole forum threads (`data.unit`) with the pair or a listwise
+objective (`loss.objective`); several datasets mixed by weight (`data.mix`); a margin column; LoRA; exact resume (engine
+state, data position, RNG), also on another number of ranks (universal checkpoint); preemption and time limits
+(SIGTERM/SIGUSR1/SIGUSR2 -> checkpoint, then the launcher's own handler, e.g. submitit's requeue).
+Assumes: `data.path` is a `worldpm collect` output (PairRecord shards, and ThreadRecord shards for threads); the model is a
+`model=` config (a pretrained backbone, a reward checkpoint through `init_from`, or a random init such as model=tiny).
 
     check the config, join the job           prepare.validate (deepspeed=auto resolved), train.distributed
     build the reward model                   prepare.build_model (ZeRO-3: partitioned as it is built)
-    tokenise the pairs once, cached          data.pairs (with the model's encoder; rank 0 first, the others read its cache)
+    tokenise the pairs or threads, cached    data.pairs, data.threads (the model's encoder; rank 0 first, the others read its cache)
     build the engine                         train.engine (DeepSpeed ZeRO 1/2/3 or PyTorch; AdamW, warmup + schedule)
     resume from the newest checkpoint        train.checkpointing (another rank count: train.engine's universal checkpoint)
-    each step: draw pairs, pack this rank's share, forward + BT loss + backward, optimizer step, metrics, eval, checkpoint
+    each step: draw pairs (or threads), plan this rank's share, forward + loss + backward, optimizer step, metrics, eval, save
     export output_dir/final/ (checkpoint contract)
 
-Loss scaling: a step's gradient is that of the mean loss over its N global pairs. A micro-batch with n pairs contributes
-`bt_loss(mean over its pairs) * n * W / N`; DeepSpeed averages gradients over the W data-parallel ranks, so the sum over all
-micro-batches and ranks is exactly mean-over-N, whatever the number of micro-batches or ranks (tested: ZeRO-1/2 on 2 ranks
-match one process to 1e-5).
+Loss scaling: a step's gradient is that of the weighted mean loss over its terms (the sampled pairs for `pairs`; worldpm.data.
+threads for listwise), whose total weight W_step is known on every rank from the draws. A micro-batch contributes its
+weighted loss sum (train.loss) times R / W_step; DeepSpeed averages gradients over the R data-parallel ranks, so the sum over
+all micro-batches and ranks is exactly the weighted mean, whatever the number of micro-batches or ranks (tested: ZeRO-1/2 on
+2 ranks match one process to 1e-5). A thread too long for one micro-batch is split into parts whose rewards are first computed
+without gradient, so each part's loss sees the whole thread (data.packing).
 """
 from __future__ import annotations
 
@@ -34,17 +37,20 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from worldpm.data.packing import MicroBatch, model_inputs, rank_micro_batches, use_attention
+from worldpm.data.packing import MicroBatch, StepPlan, model_inputs, rank_micro_batches, use_attention
 from worldpm.data.pairs import load_tables
 from worldpm.data.stream import PairStream, sources
 from worldpm.errors import UserError
-from worldpm.model.bt_loss import bt_loss, bt_losses
+from worldpm.data.threads import Objective
+from worldpm.model.bt_loss import bt_losses
 from worldpm.model.chat_format import PAD_TOKEN
 from worldpm.train import checkpointing, distributed
 from worldpm.train.checkpointing import ExportMeta, PreemptionSignals
 from worldpm.train.engine import deepspeed_config, make_engine
 from worldpm.train.metrics import COUNTS, STATS, SUMS, MetricsLog, micro_batch_stats, step_metrics
-from worldpm.train.prepare import build_model, eval_subset, make_progress, seed_everything, setup_logging, validate
+from worldpm.train.loss import batch_loss, sampled_pairs
+from worldpm.train.prepare import (build_model, data_unit, eval_subset, make_progress, objective_of, seed_everything,
+                                   setup_logging, validate)
 
 log = logging.getLogger("worldpm.train")
 
@@ -74,7 +80,8 @@ def train(cfg: DictConfig, dist: distributed.Dist, signals: PreemptionSignals, e
     batching = Batching(str(dcfg.packing), str(dcfg.attention),
                         use_attention(model, str(dcfg.attention), str(dcfg.packing), compute_dtype),
                         int(dcfg.max_tokens_per_micro_batch), compute_dtype,
-                        model.tokenizer.convert_tokens_to_ids(PAD_TOKEN), dist.rank, dist.world_size, dist.device)
+                        model.tokenizer.convert_tokens_to_ids(PAD_TOKEN), dist.rank, dist.world_size, dist.device,
+                        objective_of(cfg))
     export = ExportMeta(model.config, model.tokenizer, model.spec, lora)
     log.info("model %s: %s parameters (%s non-embedding), head %s, attention %s, %s%s; from %s; %s on %d ranks",
              info["model_name"], f"{info['n_params']:,}", f"{info['n_params_non_embedding']:,}", model.spec.head,
@@ -86,23 +93,26 @@ def train(cfg: DictConfig, dist: distributed.Dist, signals: PreemptionSignals, e
                  f", backbone quantised {lora.settings.quantize}" if lora.settings.quantize else "",
                  f"{info['trainable_params']:,}", f"{info['adapter_params']:,}")
 
-    # 2. the data, tokenised once with the model's encoder (rank 0 first; the others read its cache)
-    data = sources(dcfg)
-    tables, eval_table = distributed.main_first(dist, partial(load_tables, [s.path for s in data], model.encoder,
-                                                              int(dcfg.num_proc), dcfg.get("cache_dir"), cfg.loss.get("margin_column")))
-    n_train, pairs_per_step = sum(len(t) for t in tables), int(tcfg.pairs_per_step)
+    # 2. the data (pairs, or whole threads), tokenised once with the model's encoder (rank 0 first; the others read its cache)
+    unit = data_unit(cfg)
+    data = sources(dcfg, unit)
+    tables, eval_table = distributed.main_first(dist, partial(load_tables, [s.path for s in data], model.encoder, int(dcfg.num_proc),
+                                                              dcfg.get("cache_dir"), cfg.loss.get("margin_column"), unit))
+    n_train, pairs_per_step = int(sum(t.n_pairs.sum() for t in tables)), int(tcfg.pairs_per_step)
     max_steps = int(tcfg.max_steps) if tcfg.get("max_steps") is not None else max(1, int(float(tcfg.epochs) * n_train // pairs_per_step))
     eval_draws = [(0, row) for row in eval_subset(eval_table, int(dcfg.eval_pairs))]
-    log.info("data: %s train pairs from %s; %d held-out pairs; %d steps x %d pairs (%.2f epochs)", f"{n_train:,}",
-             ", ".join(f"{s.name}={len(t):,} (weight {s.weight:g})" for s, t in zip(data, tables)), len(eval_draws),
-             max_steps, pairs_per_step, max_steps * pairs_per_step / n_train)
+    log.info("data: %s train pairs%s from %s; %d held-out %s; %d steps x %d pairs (%.2f epochs); objective %s", f"{n_train:,}",
+             f" in {sum(len(t) for t in tables):,} threads" if unit == "threads" else "",
+             ", ".join(f"{s.name}={len(t):,} (weight {s.weight:g})" for s, t in zip(data, tables)), len(eval_draws), unit,
+             max_steps, pairs_per_step, max_steps * pairs_per_step / n_train, batching.objective)
 
     # 3. the engine: DeepSpeed ZeRO, or PyTorch for deepspeed=null; it owns the model from here on
     engine = make_engine(model, ds_config, tcfg, max_steps, dist, hf_ds_config)
     del model
 
     # 4. resume: engine state, data position, RNG, counters
-    stream = PairStream([len(t) for t in tables], [s.weight for s in data], seed)
+    stream = PairStream([len(t) for t in tables], [s.weight for s in data], seed,
+                        [t.n_pairs for t in tables] if unit == "threads" else None)
     counters = {"step": 0, "pairs_seen": 0, "tokens_seen": 0, "skipped_steps": 0, "nonfinite_losses": 0}
     run_info = {**info, "seed": seed, "data_path": str(data[0].path), "world_size": dist.world_size, "zero_stage": engine.stage,
                 "max_steps": max_steps, "pairs_per_step": pairs_per_step}
@@ -118,7 +128,7 @@ def train(cfg: DictConfig, dist: distributed.Dist, signals: PreemptionSignals, e
     if dist.is_main:
         (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     saving = Saving(out, run_info, export if tcfg.save_hf else None, int(tcfg.keep_last), bool(tcfg.keep_series))
-    eval_batches = batching.plan([eval_table], eval_draws) if eval_draws and int(tcfg.eval_every) > 0 else []
+    eval_plan = batching.plan([eval_table], eval_draws) if eval_draws and int(tcfg.eval_every) > 0 else None
 
     # 5. the loop
     engine.train()
@@ -128,17 +138,17 @@ def train(cfg: DictConfig, dist: distributed.Dist, signals: PreemptionSignals, e
     progress = make_progress(tcfg, dist, max_steps, counters["step"])
     while counters["step"] < max_steps:
         started = time.perf_counter()
-        drawn = stream.take(pairs_per_step)  # the step's global pairs: the same on every rank
-        batches = batching.plan(tables, drawn)  # this rank's share in token-budget micro-batches (only its pairs are read)
+        drawn = stream.take(pairs_per_step)  # the step's global pairs (or threads holding them): the same on every rank
+        plan = batching.plan(tables, drawn)  # this rank's share in token-budget micro-batches (only its rows are read)
         lr = engine.lr()
-        stats, counts = train_step(engine, batches, batching, pairs_per_step, float(cfg.loss.center_coefficient))
+        stats, counts = train_step(engine, plan, batching, float(cfg.loss.center_coefficient))
         applied, grad_norm = engine.step()  # the update; skipped when the gradient is not finite
         counts["stop"] = int(bool(signals.received))  # any rank signalled: all stop after this step
         s = reduce_step(stats, counts, dist)  # the step's one host sync
         step = counters["step"] = counters["step"] + 1
         nonfinite = s["nonfinite"] > 0 or not math.isfinite(s["loss"])
         skipped = nonfinite or not applied
-        for key, value in (("pairs_seen", len(drawn)), ("tokens_seen", int(s["real_tokens"])), ("skipped_steps", int(skipped)),
+        for key, value in (("pairs_seen", plan.pairs), ("tokens_seen", int(s["real_tokens"])), ("skipped_steps", int(skipped)),
                            ("nonfinite_losses", int(nonfinite))):
             counters[key] += value
         bad_in_a_row = bad_in_a_row + 1 if skipped else 0
@@ -155,8 +165,8 @@ def train(cfg: DictConfig, dist: distributed.Dist, signals: PreemptionSignals, e
             metrics.close()
             raise UserError(f"{bad_in_a_row} steps in a row had a non-finite loss or gradient (steps {step - bad_in_a_row + 1}-"
                             f"{step}); stopped with the last good state saved in {path}; lower trainer.lr or inspect the data")
-        if eval_batches and (step % int(tcfg.eval_every) == 0 or step == max_steps):  # held-out BT loss and accuracy
-            metrics.log({"step": step, "pairs_seen": counters["pairs_seen"], **evaluate(engine, eval_batches, batching, dist)})
+        if eval_plan and (step % int(tcfg.eval_every) == 0 or step == max_steps):  # held-out BT loss and accuracy
+            metrics.log({"step": step, "pairs_seen": counters["pairs_seen"], **evaluate(engine, eval_plan, batching, dist)})
             last_eval = step
         if (int(tcfg.save_every) > 0 and step % int(tcfg.save_every) == 0) or step == max_steps or s["stop"] > 0:
             saving.save(engine, counters, stream, dist)
@@ -170,8 +180,8 @@ def train(cfg: DictConfig, dist: distributed.Dist, signals: PreemptionSignals, e
     progress.close()
 
     # 6. the end: a last evaluation, a checkpoint, and the exported model
-    if eval_batches and last_eval != counters["step"]:
-        metrics.log({"step": counters["step"], "pairs_seen": counters["pairs_seen"], **evaluate(engine, eval_batches, batching, dist)})
+    if eval_plan and last_eval != counters["step"]:
+        metrics.log({"step": counters["step"], "pairs_seen": counters["pairs_seen"], **evaluate(engine, eval_plan, batching, dist)})
     if last_save != counters["step"]:
         saving.save(engine, counters, stream, dist)
     final = checkpointing.export_final(engine, out, export, {**counters, **run_info}, dist)
@@ -184,8 +194,8 @@ def train(cfg: DictConfig, dist: distributed.Dist, signals: PreemptionSignals, e
 # ---------------------------------------------------------------------------------------------------------------- the step
 @dataclass(frozen=True)
 class Batching:
-    """How this rank lays out micro-batches (`data.packing`, the token budget) and feeds them to the model (`data.attention`,
-    the backbone's attention implementation, the compute dtype, the device)."""
+    """How this rank lays out micro-batches (`data.packing`, the token budget), feeds them to the model (`data.attention`,
+    the backbone's attention implementation, the compute dtype, the device) and what the loss reads (`loss.objective`)."""
 
     layout: str
     attention: str
@@ -196,30 +206,47 @@ class Batching:
     rank: int
     world: int
     device: torch.device
+    objective: Objective
 
-    def plan(self, tables, draws) -> list[tuple[bool, MicroBatch]]:
-        return rank_micro_batches(tables, draws, self.capacity, self.world, self.rank, self.layout, self.pad_id)
+    def plan(self, tables, draws) -> StepPlan:
+        return rank_micro_batches(tables, draws, self.capacity, self.world, self.rank, self.layout, self.pad_id, self.objective)
 
-    def rewards(self, engine, batch: MicroBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(chosen, rejected) rewards of a micro-batch's pairs."""
-        r = engine.forward(**model_inputs(batch, self.attention, self.attn_implementation, self.dtype, self.device))
-        return r[batch.chosen.to(r.device)], r[batch.rejected.to(r.device)]
+    def forward(self, engine, batch: MicroBatch) -> torch.Tensor:
+        return engine.forward(**model_inputs(batch, self.attention, self.attn_implementation, self.dtype, self.device))
+
+    def rewards(self, engine, batch: MicroBatch, fixed: dict) -> torch.Tensor:
+        """A micro-batch's rewards, then the `fixed` ones of the other parts of its split threads (MicroBatch.external)."""
+        r = self.forward(engine, batch)
+        return torch.cat([r, torch.stack([fixed[k] for k in batch.external]).to(r)]) if batch.external else r
+
+    def prepass(self, engine, plan: StepPlan) -> dict:
+        """The rewards of split threads' parts, without gradient, by (thread, answer); every rank makes as many forwards
+        (plan.prepass_slots: ZeRO-3's forwards are collective)."""
+        fixed = {}
+        with torch.no_grad():
+            for k in plan.prepass:
+                batch = plan.batches[k][1]
+                fixed.update(zip(batch.keys, self.forward(engine, batch)))
+            for _ in range(plan.prepass_slots - len(plan.prepass)):
+                self.forward(engine, plan.batches[0][1])
+        return fixed
 
 
-def train_step(engine, batches: list[tuple[bool, MicroBatch]], batching: Batching, pairs_per_step: int,
-               center: float) -> tuple[torch.Tensor, dict]:
+def train_step(engine, plan: StepPlan, batching: Batching, center: float) -> tuple[torch.Tensor, dict]:
     """Forward, loss and backward of this rank's micro-batches; the step's STATS (summed on the device) and COUNTS."""
     stats = torch.zeros(len(STATS), dtype=torch.float64, device=batching.device)
     counts = dict.fromkeys(COUNTS, 0)
-    for real, batch in batches:
-        rc, rr = batching.rewards(engine, batch)
-        margin = batch.margin.to(rc.device) if batch.margin is not None else None
-        objective = bt_loss(rc, rr, margin, center)
-        engine.backward(objective * (batch.n_pairs * batching.world / pairs_per_step if real else 0.0))  # module docstring
+    fixed = batching.prepass(engine, plan)
+    counts["processed_tokens"] += sum(plan.batches[k][1].total_tokens for k in plan.prepass)  # forwarded twice
+    for real, batch in plan.batches:
+        rewards = batching.rewards(engine, batch, fixed)
+        loss, counted = batch_loss(rewards, batch, batching.objective, center)
+        engine.backward(loss * (batching.world / plan.weight if real else 0.0))  # module docstring
         if real:
-            stats += micro_batch_stats(rc.detach(), rr.detach(), objective.detach()).to(stats)
-            for key, value in (("pairs", batch.n_pairs), ("real_tokens", batch.real_tokens), ("pad_tokens", batch.pad_tokens),
-                               ("processed_tokens", batch.total_tokens)):
+            rc, rr = sampled_pairs(rewards.detach(), batch)
+            stats += micro_batch_stats(rc, rr, counted.detach() * (plan.pairs / plan.weight)).to(stats)
+            for key, value in (("pairs", batch.n_pairs), ("terms", batch.n_terms), ("real_tokens", batch.real_tokens),
+                               ("pad_tokens", batch.pad_tokens), ("processed_tokens", batch.total_tokens)):
                 counts[key] += value
     return stats, counts
 
@@ -230,14 +257,15 @@ def reduce_step(stats: torch.Tensor, counts: dict, dist: distributed.Dist) -> di
     return dict(zip(SUMS, distributed.all_reduce(torch.cat([stats, counted]), dist).tolist()))
 
 
-def evaluate(engine, batches: list[tuple[bool, MicroBatch]], batching: Batching, dist: distributed.Dist) -> dict:
-    """Held-out BT loss and accuracy; every rank takes part (ZeRO-3 forwards are collective)."""
+def evaluate(engine, plan: StepPlan, batching: Batching, dist: distributed.Dist) -> dict:
+    """Held-out BT loss and accuracy on the sampled pairs; every rank takes part (ZeRO-3 forwards are collective)."""
     sums = torch.zeros(2, dtype=torch.float64, device=dist.device)  # loss, correct: on the device until the reduce
     n = 0
     engine.eval()
     with torch.no_grad():
-        for real, batch in batches:
-            rc, rr = batching.rewards(engine, batch)
+        fixed = batching.prepass(engine, plan)
+        for real, batch in plan.batches:
+            rc, rr = sampled_pairs(batching.rewards(engine, batch, fixed), batch)
             if real:
                 sums += torch.stack([bt_losses(rc, rr).sum().double(), (rc > rr).sum().double()]).to(sums)
                 n += batch.n_pairs

@@ -27,7 +27,7 @@ import numpy as np
 
 from worldpm.errors import UserError
 from worldpm.eval.items import Item, group_indices
-from worldpm.eval.metrics import accuracy_by, accuracy_of, best_of_k, oracle_best_of_k, roc_auc
+from worldpm.eval.metrics import accuracy_by, accuracy_of, best_of_k_curve, roc_auc
 from worldpm.eval.benchmarks.sources import Record, data_files, is_data_file, messages, need, read_hub, read_local
 
 log = logging.getLogger("worldpm.eval")
@@ -137,16 +137,12 @@ def official(items: list[Item], rewards: list[np.ndarray], bcfg: Mapping) -> dic
         if part[0].correct is None:
             out[subtask] = {"accuracy": accuracy_of(part, part_r), "n": len(part), "by_flag": accuracy_by(part, part_r, _flags_on)}
             continue
-        k_max = max(len(it.responses) for it in part)
-        ks = list(range(1, k_max + 1))
-        curves = np.array([best_of_k(r, it.correct, ks) for it, r in zip(part, part_r)])
-        oracle = np.array([oracle_best_of_k(it.correct, ks) for it in part])
-        curve = np.nanmean(curves, axis=0)
+        curve = best_of_k_curve(part, part_r)
         per_prompt_auc = [a for a in (roc_auc(r, it.correct) for it, r in zip(part, part_r)) if a is not None]
         out[subtask] = {
             "n_prompts": len(part), "accuracy": accuracy_of(part, part_r),
-            "best_of_k": {"k": ks, "expected_correctness": curve.tolist(), "oracle": np.nanmean(oracle, axis=0).tolist()},
-            "end_score": float(curve[-1]), "max_achieved": float(np.nanmax(curve)), "random_pick": float(curve[0]),
+            "best_of_k": {key: curve[key] for key in ("k", "expected_correctness", "oracle")},
+            "end_score": curve["end_score"], "max_achieved": curve["max_achieved"], "random_pick": curve["random_pick"],
             "roc_auc": roc_auc(np.concatenate(part_r), np.concatenate([it.correct for it in part])),
             "roc_auc_mean_per_prompt": float(np.mean(per_prompt_auc)) if per_prompt_auc else None,
         }

@@ -27,6 +27,7 @@ LOADERS = {
     "helpsteer2": "worldpm.eval.benchmarks.helpsteer2",
     "ultrafeedback": "worldpm.eval.benchmarks.ultrafeedback",
     "heldout": "worldpm.eval.benchmarks.heldout",
+    "bon_synthetic": "worldpm.eval.benchmarks.bon_synthetic",
 }
 
 

@@ -18,13 +18,13 @@ import numpy as np
 
 from worldpm.errors import UserError
 from worldpm.eval.items import Item, group_indices
-from worldpm.eval.metrics import accuracy_of
+from worldpm.eval.metrics import accuracy_of, best_of_k_by
 from worldpm.eval.benchmarks.sources import need, records_for, text_list
 
 log = logging.getLogger("worldpm.eval")
 
 
-HEADLINE = ("subsets.*", "overall")  # official keys the report shows (dotted, * wildcards)
+HEADLINE = ("subsets.*", "overall", "best_of_k.*.end_score")  # official keys the report shows (dotted, * wildcards)
 
 def load(bcfg: Mapping, name: str) -> list[Item]:
     subsets = dict(bcfg["subsets"])
@@ -107,4 +107,5 @@ def official(items: list[Item], rewards: list[np.ndarray], bcfg: Mapping) -> dic
             scores[subtask] = accuracy_of(part, part_r)
     present = [v for v in scores.values() if v is not None]
     return {"subsets": scores, "ties": ties, "overall": float(np.mean(present)) if present else None,
-            "subsets_missing": [s for s in dict(bcfg["subsets"]).values() if s not in scores]}
+            "subsets_missing": [s for s in dict(bcfg["subsets"]).values() if s not in scores],
+            "best_of_k": best_of_k_by(items, rewards)}  # PPE's curve over each prompt's completions (chosen correct)

@@ -20,13 +20,13 @@ import numpy as np
 
 from worldpm.errors import UserError
 from worldpm.eval.items import Item, group_indices
-from worldpm.eval.metrics import accuracy_by, accuracy_of
+from worldpm.eval.metrics import accuracy_by, accuracy_of, best_of_k_by
 from worldpm.eval.benchmarks.sources import DATA_SUFFIXES, Record, data_files, locate, messages, need, read_local
 
 GOALS = ("helpfulness", "harmlessness")
 
 
-HEADLINE = ("*.accuracy_pooled", "*.accuracy_scenario_mean")  # official keys the report shows (dotted, * wildcards)
+HEADLINE = ("*.accuracy_pooled", "*.accuracy_scenario_mean", "best_of_k.*.end_score")  # official keys the report shows (dotted, * wildcards)
 
 def _goal(rec: Record, category_path: str, file: Path) -> str:
     for part in [*category_path.split("/"), *file.parts]:
@@ -70,7 +70,7 @@ def load(bcfg: Mapping, name: str) -> list[Item]:
                 responses = [best] + [_answer(rec, x, f"loser_list[{j}]") for j, x in enumerate(losers)]
                 items.append(Item(subtask=f"{goal}_bon", uid=str(rec.data.get("bon_uid", len(items))), prompt=conv,
                                   responses=responses, pairs=[(0, j) for j in range(1, len(responses))], rule="all",
-                                  group=category_path, where=rec.where))
+                                  group=category_path, where=rec.where, correct=[True] + [False] * len(losers)))
             elif "chosen" in rec.data:
                 if "reject" not in rec.data:
                     raise UserError(f"{rec.where}: missing field 'reject' (RMB's pairwise key; 'rejected' is not RMB's format)")
@@ -89,4 +89,5 @@ def official(items: list[Item], rewards: list[np.ndarray], bcfg: Mapping) -> dic
         acc = {s: v["accuracy"] for s, v in accuracy_by(part, part_r, "group").items()}
         out[subtask] = {"accuracy_pooled": accuracy_of(part, part_r),
                         "accuracy_scenario_mean": float(np.mean(list(acc.values()))), "n_scenarios": len(acc), "scenarios": acc}
+    out["best_of_k"] = best_of_k_by(items, rewards)  # BoN lists: the chance of picking bon_best among K drawn answers
     return out

@@ -16,6 +16,7 @@ import numpy as np
 
 from worldpm.errors import UserError
 from worldpm.eval.items import Item
+from worldpm.eval.metrics import best_of_k_by
 from worldpm.eval.benchmarks.sources import need, records_for, text_list
 
 STYLES = ("concise", "detailed_plain", "detailed_markdown")
@@ -23,7 +24,7 @@ DOMAINS = ("chat", "code", "math", "safety")
 
 
 # official keys the report shows (dotted, * wildcards)
-HEADLINE = ("domains.*.easy", "domains.*.normal", "domains.*.hard", "easy", "normal", "hard", "overall")
+HEADLINE = ("domains.*.easy", "domains.*.normal", "domains.*.hard", "easy", "normal", "hard", "overall", "best_of_k.*.end_score")
 
 def domain_of(domain: str) -> str | None:
     if domain.startswith("safety"):
@@ -42,7 +43,8 @@ def load(bcfg: Mapping, name: str) -> list[Item]:
             raise UserError(f"{rec.where}: unknown RM-Bench domain {raw_domain!r} (expected chat, code, math, safety-*)")
         items.append(Item(subtask=domain, uid=str(rec.data.get("id", len(items))), group=raw_domain, where=rec.where,
                           prompt=[{"role": "user", "content": prompt}], responses=chosen + rejected,
-                          pairs=[(i, 3 + j) for i in range(3) for j in range(3)], styles=list(STYLES) * 2))
+                          pairs=[(i, 3 + j) for i in range(3) for j in range(3)], styles=list(STYLES) * 2,
+                          correct=[True] * 3 + [False] * 3))
     return items
 
 
@@ -71,4 +73,5 @@ def official(items: list[Item], rewards: list[np.ndarray], bcfg: Mapping) -> dic
     for key in ("easy", "normal", "hard", "average"):
         out[key] = float(np.mean([d[key] for d in domains.values()])) if domains else None
     out["overall"] = out.pop("average")
+    out["best_of_k"] = best_of_k_by(items, rewards)  # PPE's curve over a prompt's six replies (the three chosen correct)
     return out
