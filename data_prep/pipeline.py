@@ -167,17 +167,30 @@ def run_tasks(fn: Callable, tasks: list, workers: int, bar: ProgressBar, shared=
         _WORKER.update(queue=None, bar=bar, shared=shared)
         return [fn(t) for t in tasks]
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    queue = ctx.Queue()
+    # A SimpleQueue's put writes the pipe in the worker's own thread, so a task's progress is on its way before its result is;
+    # a Queue's background feeder can be killed by the pool's terminate() holding the shared write lock, and then this
+    # process's own feeder waits on that lock forever at exit. This process only reads, so it starts no feeder at all.
+    queue, done, failed = ctx.SimpleQueue(), threading.Event(), threading.Event()
 
     def listen():
-        while (item := queue.get()) is not None:
-            bar.update(*item)
+        while not failed.is_set() and not (done.is_set() and queue.empty()):
+            if queue.empty():
+                done.wait(0.05)
+            else:
+                bar.update(*queue.get())
 
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
     try:
         with ctx.Pool(min(workers, len(tasks)), initializer=_init_worker, initargs=(queue, shared)) as pool:
-            return list(pool.imap(fn, tasks))
-    finally:
-        queue.put(None)
-        listener.join(5)
+            results = list(pool.imap(fn, tasks))
+            pool.close()
+            pool.join()
+        done.set()
+        listener.join()  # every worker has exited, so every message is whole in the pipe: this drains it
+        return results
+    except BaseException:
+        # a failed task's pool is terminated and a worker killed in mid-message would keep the (daemon) listener
+        # waiting for the rest of it: the progress no longer matters, so do not wait for it
+        failed.set()
+        raise

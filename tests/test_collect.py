@@ -617,3 +617,39 @@ def test_atomic_json_writers_keep_the_old_file_on_failure_and_leave_no_temporary
     (tmp_path / "manifest.json").write_text("{}")
     clear_output_dir(tmp_path, ("train", "stats.json", "test"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rejects.jsonl"]
+
+
+POOL_PHASES = """
+import json
+from data_prep.accounting import Stats
+from data_prep.pipeline import run_phase, task_progress
+
+def task(n):
+    progress = task_progress()
+    if n == 0:
+        raise ValueError("bad record")
+    for _ in range(n):
+        progress(5 << 20, 1)  # past the batching threshold: every call goes through the queue
+    progress.flush()
+    return {"stats": Stats().state()}
+
+rows, failures = [], 0
+for _ in range(10):
+    rows.append(run_phase("ok", task, [2000] * 6, 2, Stats())[1]["rows"])
+    try:
+        run_phase("failing", task, [20000, 0, 20000, 20000], 2, Stats())
+    except ValueError:
+        failures += 1
+print(json.dumps({"rows": rows, "failures": failures}))
+"""
+
+
+def test_a_pool_phase_counts_every_workers_progress_and_the_process_exits_after_a_failed_task():
+    """A phase on 2 workers whose tasks report progress to the last moment: every report reaches the bar (the manifest's
+    phase rows), and after a task fails (the pool terminated while other workers were writing progress) the process still
+    exits. With a multiprocessing.Queue a worker killed in mid-put held its write lock, and this process's own queue thread
+    waited for it forever at exit: a collect with workers > 1 that failed, or raced its last report, never returned."""
+    proc = subprocess.run([sys.executable, "-c", POOL_PHASES], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"rows": [12000] * 10, "failures": 10}
