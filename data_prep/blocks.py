@@ -395,7 +395,7 @@ class ExactDedup(Block):
         try:
             for rec in items:
                 rows, pair_index = [], []
-                for row, pair in zip(rec.rows, rec.pair_index):
+                for row, pair in zip(rec.rows, rec.pair_index, strict=True):
                     if index.seen(pair_key(row)):
                         self.stats.drop("output", "exact_duplicate", {"id": row["id"], "thread_id": rec.thread_id})
                     else:

@@ -35,7 +35,7 @@ from worldpm.config.schemas import ATTENTION, LAYOUTS
 from worldpm.data.threads import Objective, ThreadTable, TokenizedThread, thread_terms
 from worldpm.model.attention import flash_attention_available, register_varlen_attention, VARLEN_IMPLEMENTATION
 from worldpm.model.padding import pad_batch
-from worldpm.model.segments import MIN_OWN_TOKENS, Segment, best_fit, pack, prompt_group, segment_inputs, split_lengths
+from worldpm.model.segments import MIN_OWN_TOKENS, Segment, best_fit, pack, pair_group, segment_inputs, split_lengths
 
 PAIRS = Objective()
 
@@ -49,7 +49,7 @@ class TokenizedPair:
 
     def as_thread(self) -> TokenizedThread:
         """The pair as a thread of two answers, chosen first, with its one sampled pair."""
-        return TokenizedThread(prompt_group([self.chosen, self.rejected]), (1.0, 0.0), ((0, 1),),
+        return TokenizedThread(pair_group(self.chosen, self.rejected, self.prefix), (1.0, 0.0), ((0, 1),),
                                None if self.margin is None else (float(self.margin),))
 
 
@@ -106,9 +106,8 @@ class MicroBatch:
 
 def pair_cost(pair: TokenizedPair, layout: str) -> int:
     """Tokens a pair adds to a packed row (the padded layout is costed per batch, by its widest pair: plan_micro_batches)."""
-    if layout == "shared_prompt":
-        return len(pack([prompt_group([pair.chosen, pair.rejected])])[0])
-    return len(pair.chosen) + len(pair.rejected)
+    tokens = len(pair.chosen) + len(pair.rejected)
+    return tokens - len(pair_group(pair.chosen, pair.rejected, pair.prefix).prompt) if layout == "shared_prompt" else tokens
 
 
 def pair_costs(tokens: np.ndarray, widths: np.ndarray, prefix: np.ndarray, layout: str) -> np.ndarray:

@@ -158,7 +158,6 @@ class ThreadTable:
         self.own_len, self.offsets = _flat(dataset, "own_len", np.int64)
         self.shares = _flat(dataset, "shares", bool)[0]
         self.in_pair = _flat(dataset, "in_pair", bool)[0]
-        self.has_margin = False
 
     def __len__(self) -> int:
         return len(self.n_pairs)

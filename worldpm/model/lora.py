@@ -195,4 +195,3 @@ class LoraExport:
 
     settings: LoraSettings
     base: str | None = None
-    counts: dict = field(default_factory=dict)

@@ -102,6 +102,16 @@ def prompt_group(sequences: Sequence[Sequence[int]], reference: Sequence[bool] |
     return PromptGroup(prompt, tuple(s[p:] if sh else s for s, sh in zip(seqs, shares)), shares)
 
 
+def pair_group(chosen: Sequence[int], rejected: Sequence[int], prefix: int) -> PromptGroup:
+    """`prompt_group([chosen, rejected])` from the pair's known common prefix (stored when it was tokenised), without
+    comparing the sequences again: the prompt leaves each reply MIN_OWN_TOKENS, and two sequences share it or neither does."""
+    c, r = tuple(map(int, chosen)), tuple(map(int, rejected))
+    p = max(0, min(int(prefix), len(c) - MIN_OWN_TOKENS, len(r) - MIN_OWN_TOKENS))
+    if p == 0:
+        return PromptGroup((), (c, r), (False, False))
+    return PromptGroup(c[:p], (c[p:], r[p:]), (True, True))
+
+
 def split_lengths(own: Sequence[int], shares: Sequence[bool], prompt_len: int, capacity: int) -> list[list[int]]:
     """Member indices of the parts of a prompt group (own lengths, which share, the prompt's length) that fit a row of
     `capacity` tokens each, in member order, each part keeping the prompt; a member too large alone gets a part of its own."""

@@ -3,8 +3,8 @@ function from many threads, one sample each; the HTTP server from many requests)
 LocalScorer behind HTTP; `worldpm.serve.client.RemoteScorer` answers the same two calls against a running server:
 
 - `score_texts(texts)`: full ChatML texts as OpenRLHF sends them (the reward token is appended when absent);
-- `score_conversations(conversations)`: lists of {role, content} ending with the assistant reply;
-- `score_responses(prompt, responses)`: N responses to one prompt, the prompt encoded once.
+- `score_conversations(conversations)`: lists of {role, content} ending with the assistant reply (N responses to one
+  prompt, sent together, are scored with the prompt encoded once: `batching.shared_prompt`).
 
 Each returns `Scores(rewards, raw)` (worldpm.serve.scores): `rewards` after the optional normalisation with the checkpoint's
 stored mean/std and clipping, `raw` the model's own output.
@@ -16,7 +16,6 @@ from concurrent.futures import Future
 from functools import partial
 from typing import Sequence
 
-from worldpm.model.chat_format import responses_conversations
 from worldpm.model.checkpoint import read_config
 from worldpm.model.padding import resolve_max_padding
 from worldpm.serve.batcher import RequestBatcher
@@ -74,9 +73,6 @@ class LocalScorer:
     def score_conversations(self, conversations) -> Scores:
         raw = self.submit(self.encode_conversations(list(conversations))).result()
         return Scores(self.transform(raw), raw)
-
-    def score_responses(self, prompt, responses: Sequence[str]) -> Scores:
-        return self.score_conversations(responses_conversations(prompt, responses))
 
     def close(self) -> None:
         self.batcher.close()

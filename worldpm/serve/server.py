@@ -301,8 +301,6 @@ def run(cfg: DictConfig) -> None:
     host, port = str(cfg.host), cfg.port
     limits = Limits(**OmegaConf.to_container(cfg.limits, resolve=True))
     batching = cfg.batching
-    if not isinstance(batching.get("shared_prompt", True), bool):
-        raise UserError(f"batching.shared_prompt must be true or false, got {batching.shared_prompt!r}")
     _check_port_free(host, port)
 
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
@@ -311,7 +309,7 @@ def run(cfg: DictConfig) -> None:
     scorer = LocalScorer(model, normalize=bool(cfg.normalize), clip=cfg.clip, max_length=cfg.max_length,
                          batching=bool(batching.enabled), window_ms=float(batching.window_ms),
                          max_tokens=int(batching.max_tokens), max_batch_size=int(batching.max_batch_size),
-                         max_padding=batching.max_padding, shared_prompt=batching.get("shared_prompt", True),
+                         max_padding=batching.max_padding, shared_prompt=batching.shared_prompt,
                          where=model_source(cfg.model_path, model_cfg))
     app = create_app(scorer, api_key=cfg.api_key, limits=limits, log_every_s=float(cfg.log_every_s))
     log.info("model %s; max_length %d tokens", describe(model, cfg.model_path, model_cfg), scorer.max_length)

@@ -27,7 +27,6 @@ import torch
 
 from worldpm.atomic_dir import replace_dir
 from worldpm.config.schemas import SCHEDULES
-from worldpm.train.distributed import Dist
 from worldpm.errors import UserError
 from worldpm.train.distributed import Dist, main_first
 

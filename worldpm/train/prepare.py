@@ -147,7 +147,7 @@ def build_model(cfg: DictConfig, ds_config: dict | None) -> tuple[RewardModel, o
         if quant:  # the head trains in fp32 beside the quantised backbone (autocast mixes it with bf16 activations)
             model.head.to(device=torch.cuda.current_device(), dtype=torch.float32)
         info.update(lora=lora.as_dict(), **counts)
-        export = LoraExport(lora, info["init"], counts)
+        export = LoraExport(lora, info["init"])
     return model, hf_ds_config, info, export
 
 

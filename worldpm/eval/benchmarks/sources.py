@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Any, Mapping
 import pyarrow.parquet as pq
 import datasets
 
+from worldpm.atomic_dir import atomic_path
 from worldpm.errors import UserError
 from worldpm.model.tokenizer import cache_dir
 
@@ -72,13 +72,10 @@ def download(url: str, benchmark: str) -> Path:
                         f"HF_HUB_OFFLINE); {advice}")
     target.parent.mkdir(parents=True, exist_ok=True)
     log.info("%s: downloading %s", benchmark, url)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=target.parent)
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+        with atomic_path(target) as tmp, tmp.open("wb") as out, urllib.request.urlopen(url, timeout=60) as response:
             shutil.copyfileobj(response, out)
-        os.replace(tmp, target)
     except (OSError, urllib.error.URLError, ValueError) as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise UserError(f"benchmark {benchmark}: cannot download {url} ({type(exc).__name__}: {exc}); {advice}") from None
     return target
 
