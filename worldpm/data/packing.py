@@ -253,14 +253,14 @@ def thread_parts(draw: int, needed: Sequence[int], prompt_len: int, own: Sequenc
     if layout == "shared_prompt":
         parts = split_lengths(own, shares, prompt_len, capacity)
     else:  # packed: the whole sequences' sum; padded: sequences x the widest
-        parts = []
+        parts, total, widest = [], 0, 0  # the open part's token sum and its widest sequence
         for i, n in enumerate(full):
-            grown = parts[-1] + [i] if parts else [i]
-            load = len(grown) * max(full[j] for j in grown) if layout == "padded" else sum(full[j] for j in grown)
-            if parts and load <= capacity:
-                parts[-1] = grown
+            if parts and ((len(parts[-1]) + 1) * max(widest, n) if layout == "padded" else total + n) <= capacity:
+                parts[-1].append(i)
+                total, widest = total + n, max(widest, n)
             else:
                 parts.append([i])
+                total, widest = n, n
     items = []
     for k, part in enumerate(parts):
         own_tokens = sum(own[i] for i in part)
